@@ -1,0 +1,3 @@
+from lmtune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The `lmtune` command: parse arguments and call one function per command; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from lmtune.errors import LmtuneError
+
+
+def cmd_train(args) -> None:
+    from lmtune.config import load_config
+    from lmtune.train.run import train
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    train(load_config(args.config, overrides))
+
+
+def cmd_eval(args) -> None:
+    from lmtune.eval.evaluate import evaluate_run
+
+    report = evaluate_run(args.run_dir, args.data)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        from lmtune.outputs import write_text_atomic
+
+        write_text_atomic(args.output, text + "\n")
+
+
+def cmd_generate(args) -> None:
+    from lmtune.data.templates import Renderer
+    from lmtune.infer.generate import generate
+    from lmtune.run_dir import load_run
+
+    cfg, model, tokenizer, precision = load_run(args.run_dir)
+    renderer = Renderer(tokenizer, cfg.data.template)
+    system = args.system if args.system is not None else cfg.data.system_prompt
+    print(generate(model, tokenizer, renderer, args.prompt, system, args.max_new_tokens, args.temperature, precision))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmtune", description="Fine-tune language models from a YAML config.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from CONFIG.yaml, with key.sub=value overrides")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=1e-4 data.max_samples=500")
+    p.add_argument("--output-dir", help="where to write the run (same as output.dir=...)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved run on its validation split or --data FILE")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="a data file in the run's format (default: the run's validation file)")
+    p.add_argument("--output", help="also write the JSON report to this file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="answer a prompt with a saved run")
+    p.add_argument("run_dir")
+    p.add_argument("prompt")
+    p.add_argument("--system", help="system prompt (default: the run's data.system_prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # parse_known_args: overrides may come after options (`train c.yaml --output-dir d train.lr=1e-4`).
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command != "train"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    # Quieter third-party output: the user reads lmtune's lines, the progress bar and the table.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # the weight-loading bars; training keeps its own
+    try:
+        args.func(args)
+    except LmtuneError as e:
+        print(f"lmtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmtune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

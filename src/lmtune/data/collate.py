@@ -1,0 +1,44 @@
+"""Pad a list of tokenised examples into a batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lmtune.data.tokenize import IGNORE
+
+
+class PadCollator:
+    """Pads to the longest row of the batch (never to a fixed length).
+
+    Left padding (label scoring, generation) also gets position_ids that start at 0 on the first
+    real token, so that models with absolute positions (GPT-2) see the same positions as unpadded.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        batch: dict[str, list] = {"input_ids": [], "attention_mask": []}
+        has_labels = "labels" in rows[0]
+        if has_labels:
+            batch["labels"] = []
+        for r in rows:
+            n = len(r["input_ids"])
+            pad = width - n
+            batch["input_ids"].append(self._pad(list(r["input_ids"]), pad, self.pad_token_id))
+            batch["attention_mask"].append(self._pad([1] * n, pad, 0))
+            if has_labels:
+                batch["labels"].append(self._pad(list(r["labels"]), pad, IGNORE))
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        if self.padding_side == "left":
+            out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        if "label" in rows[0]:
+            out["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+        return out
+
+    def _pad(self, values: list[int], pad: int, fill: int) -> list[int]:
+        return [fill] * pad + values if self.padding_side == "left" else values + [fill] * pad

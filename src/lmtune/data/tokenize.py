@@ -1,0 +1,58 @@
+"""Segments -> token ids and labels (-100 except on target tokens), and truncation.
+
+This is the one place where the loss mask is made.
+"""
+
+from __future__ import annotations
+
+from lmtune.data.templates import Renderer, Segment
+
+IGNORE = -100
+
+
+def bos_prefix(tokenizer, renderer: Renderer) -> list[int]:
+    """The BOS id for plain templates when the tokenizer normally adds one (chat templates write it)."""
+    if renderer.mode != "plain" or tokenizer.bos_token_id is None:
+        return []
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [tokenizer.bos_token_id] if ids and ids[0] == tokenizer.bos_token_id else []
+
+
+def tokenize_segments(tokenizer, renderer: Renderer, batch: list[list[Segment]]) -> list[tuple[list[int], list[int]]]:
+    """Tokenise every segment of every example in one tokenizer call; return (input_ids, labels)."""
+    flat = [text for segments in batch for text, _ in segments]
+    ids_per_segment = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    prefix = bos_prefix(tokenizer, renderer)
+    out, k = [], 0
+    for segments in batch:
+        ids, labels = list(prefix), [IGNORE] * len(prefix)
+        for _, is_target in segments:
+            seg = ids_per_segment[k]
+            k += 1
+            ids += seg
+            labels += seg if is_target else [IGNORE] * len(seg)
+        out.append((ids, labels))
+    return out
+
+
+def truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+    """Fit into max_length, keeping the last target: cut the prompt from the left first, and the
+    target from the right only if it alone is too long. At least one token is kept before the
+    target so that its first token is still predicted. Returns (ids, labels, was_truncated)."""
+    over = len(ids) - max_length
+    if over <= 0:
+        return ids, labels, False
+    start = last_target_start(labels)
+    cut_left = max(0, min(over, start - 1))
+    ids, labels = ids[cut_left:], labels[cut_left:]
+    return ids[:max_length], labels[:max_length], True
+
+
+def last_target_start(labels: list[int]) -> int:
+    """Index where the last run of target tokens begins (len(labels) when there is none)."""
+    i = len(labels)
+    while i > 0 and labels[i - 1] == IGNORE:
+        i -= 1
+    while i > 0 and labels[i - 1] != IGNORE:
+        i -= 1
+    return i if any(l != IGNORE for l in labels) else len(labels)

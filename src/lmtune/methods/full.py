@@ -1,0 +1,12 @@
+"""Full fine-tuning: every weight trains."""
+
+from lmtune.methods import METHODS, Method
+
+
+def apply_full(model, cfg):
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+METHODS.register("full")(Method(apply_full, freezes_base=False))

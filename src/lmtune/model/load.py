@@ -1,0 +1,82 @@
+"""Resolve a model name and load (model, tokenizer).
+
+A name is, in this order: a built-in alias (smollm2-135m-instruct ...), a local GGUF file, a local
+Hugging Face directory, or a hub id (for users who have a hub).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lmtune.config import ModelConfig
+from lmtune.errors import ConfigError
+from lmtune.model.builtin import BUILTIN_MODELS, builtin_path, converted_gguf_dir
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """A local directory (or a hub id) that from_pretrained can load as plain safetensors."""
+    name = cfg.name
+    if name in BUILTIN_MODELS:
+        path = builtin_path(name)
+        return str(converted_gguf_dir(path) if path.suffix == ".gguf" else path)
+    local = Path(name).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return str(converted_gguf_dir(local))
+    if local.is_dir() and cfg.gguf_file:
+        gguf = local / cfg.gguf_file
+        if not gguf.is_file():
+            raise ConfigError(f"model.gguf_file: {gguf} not found")
+        return str(converted_gguf_dir(gguf))
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"model.name: {local} has no config.json; is it a Hugging Face model directory?")
+        return str(local)
+    if local.exists() or name.startswith((".", "/", "~")):
+        raise ConfigError(f"model.name: {name} is not a model directory or a .gguf file")
+    return name  # a hub id
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"model.name: cannot load a tokenizer for {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        # Reuse an existing token: adding one would change the vocabulary and the embedding size.
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ConfigError(f"model.name: the tokenizer of {cfg.name!r} has no pad, eos or unk token to pad with")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=cfg.revision,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,  # never unpickle a checkpoint
+            quantization_config=quantization_config,
+            **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}),
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, dtype: torch.dtype, path: Optional[str] = None):
+    path = path or resolve_model_path(cfg)
+    tokenizer = load_tokenizer(path, cfg)
+    model = load_causal_lm(path, cfg, dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

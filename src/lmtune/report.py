@@ -1,0 +1,48 @@
+"""What the user sees in the terminal: the data summary and the final run table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+def print_data_summary(splits, template_mode: str) -> None:
+    for name, info in splits:
+        if info is None:
+            continue
+        line = f"lmtune: {name}: {info.rows:,} rows from {info.path} (template: {template_mode})"
+        if info.skipped:
+            line += f", {info.skipped:,} bad rows skipped"
+        if info.truncated:
+            line += f", {info.truncated:,} rows longer than data.max_length were cut (prompt cut from the left)"
+        console.print(line)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_run_summary(metrics: dict, headline: str, out: Path) -> None:
+    table = Table(title="lmtune run", show_header=True)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    zero, final = metrics.get("zero_shot", {}), metrics.get("final", {})
+    for name in dict.fromkeys([headline, *final, *zero]):
+        if name in zero:
+            table.add_row(f"zero-shot {name}", _fmt(zero[name]))
+        if name in final:
+            table.add_row(f"fine-tuned {name}", _fmt(final[name]))
+    t = metrics["train"]
+    table.add_row("train time", f"{t['runtime_s']:.1f} s ({t['steps']} steps)")
+    table.add_row("tokens/s (non-padding)", f"{t['tokens_per_s']:,.0f}")
+    table.add_row("peak memory", f"{t['peak_memory_mb']:,.0f} MB")
+    table.add_row("trainable parameters", f"{t['trainable_params']:,}")
+    table.add_row("saved", f"{metrics['saved']['path']} ({metrics['saved']['size_mb']:.1f} MB)")
+    console.print(table)
+    console.print(f"run directory: {out} (config.yaml, metrics.json, log.jsonl)")

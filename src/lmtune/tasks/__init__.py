@@ -1,0 +1,8 @@
+"""Tasks: what a task adds to the shared path (encoding, loss, metrics), behind a registry."""
+
+from lmtune.registry import Registry
+
+TASKS: Registry = Registry("task")
+
+# Importing the modules registers the tasks.
+from lmtune.tasks import label_tokens, sft  # noqa: E402,F401

@@ -1,0 +1,114 @@
+"""Drive the real entry points on tiny models: train a few steps, then eval and generate."""
+
+import json
+
+import pytest
+import torch
+
+from lmtune.cli import main
+from lmtune.config import load_config
+from lmtune.run_dir import load_run
+from lmtune.train.run import train
+
+from conftest import DATA, write_jsonl
+
+SENTIMENT = [
+    f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}",
+    f"data.validation={DATA / 'rotten_tomatoes' / 'test.jsonl'}",
+    "data.format=classification", "data.labels=[negative, positive]", "task.name=label_tokens",
+    "data.max_samples=64", "data.max_eval_samples=32", "data.max_length=64",
+]
+ALPACA = [
+    f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
+    f"data.validation={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
+    "data.format=instruction", "task.name=sft", "data.max_samples=32", "data.max_eval_samples=16", "data.max_length=96",
+]
+FAST = ["train.max_steps=4", "train.batch_size=4", "train.lr=5e-3", "train.logging_steps=1", "train.precision=fp32"]
+
+
+def cli(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("family, task, method", [("llama", "label_tokens", "lora"), ("gpt2", "label_tokens", "full"),
+                                                  ("gpt2", "sft", "lora"), ("llama", "sft", "full")])
+def test_train_eval_generate_through_the_cli(tmp_path, request, capsys, family, task, method):
+    model_dir = request.getfixturevalue(f"tiny_{family}")
+    out = tmp_path / "run"
+    data = SENTIMENT if task == "label_tokens" else ALPACA
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  name: {model_dir}\nmethod:\n  name: {method}\n")
+    assert cli("train", config, "--output-dir", out, *data, *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"zero_shot", "final", "train", "saved"}
+    wanted = {"accuracy", "f1", "loss"} if task == "label_tokens" else {"loss", "perplexity"}
+    assert wanted <= set(metrics["final"]) and wanted <= set(metrics["zero_shot"])
+    t = metrics["train"]
+    assert t["steps"] == 4 and t["tokens"] > 0 and t["tokens_per_s"] > 0 and t["peak_memory_mb"] > 0
+    assert t["runtime_s"] > 0 and t["samples"] == 16
+    logs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in logs if "loss" in l] == [1, 2, 3, 4]
+    assert (out / ("adapter" if method == "lora" else "model")).is_dir()
+    assert load_config(out / "config.yaml").method.name == method
+
+    capsys.readouterr()
+    assert cli("eval", out, "--output", tmp_path / "eval.json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "eval.json").read_text())
+    for name in wanted:  # the saved run reproduces the final metrics
+        assert report[name] == pytest.approx(metrics["final"][name], rel=1e-4, abs=1e-4)
+
+    assert cli("generate", out, "a fine film", "--max-new-tokens", 5) == 0
+    assert capsys.readouterr().out.endswith("\n")  # a random tiny model may answer with EOS only
+
+
+def test_reloaded_adapter_gives_the_same_logits(tmp_path, tiny_llama):
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *SENTIMENT, *FAST,
+                             "train.zero_shot_eval=false"])
+    result = train(cfg)
+    x = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        expected = result.model.eval()(input_ids=x).logits
+        _, model, _, _ = load_run(tmp_path / "run")
+        got = model(input_ids=x).logits
+    lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "training should have moved the adapter off zero"
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_existing_output_dir_is_not_overwritten(tmp_path, tiny_gpt2, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {tiny_gpt2}\n")
+    assert cli("train", config, "--output-dir", out, *SENTIMENT, *FAST) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "output.overwrite=true" in err and "Traceback" not in err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_user_errors_print_one_or_two_lines(tmp_path, tiny_gpt2, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {tiny_gpt2}\ntrain:\n  lr: 1e-3\n  epohcs: 2\n")
+    assert cli("train", config) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "did you mean 'epochs'" in err[0]
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok", "label": 0}, {"text": "ok", "label": 9}])
+    config.write_text(f"model:\n  name: {tiny_gpt2}\n")
+    assert cli("train", config, "--output-dir", tmp_path / "r2", *SENTIMENT, f"data.train={bad}", *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "bad.jsonl:2: label 9 is out of range" in err[0]
+
+    assert cli("eval", tmp_path / "nothing-here") == 2
+    assert "not an lmtune run directory" in capsys.readouterr().err
+
+
+def test_unknown_lora_target_lists_the_model_modules(tmp_path, tiny_llama):
+    from lmtune.errors import ConfigError
+
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *SENTIMENT, *FAST,
+                             "method.target_modules=[q_proj, qkv]"])
+    with pytest.raises(ConfigError, match=r"\['qkv'\] match no linear module.*q_proj.*v_proj"):
+        train(cfg)
