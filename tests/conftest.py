@@ -25,6 +25,9 @@ def _isolated_cache(tmp_path_factory):
     """Keep tokenised-data caches of the tests away from the user's cache."""
     os.environ["LMTUNE_CACHE"] = str(tmp_path_factory.mktemp("lmtune-cache"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # No hub here: a hub lookup must fail at once rather than wait for a network timeout.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 def _corpus() -> list[str]:

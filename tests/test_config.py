@@ -77,6 +77,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_example_config_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
-    assert (ROOT / cfg.data.train).is_file()
+    sources = [cfg.data.train] if cfg.data.train else [m.path for m in cfg.data.mix]
+    assert all((ROOT / s).is_file() for s in sources)
     if cfg.data.validation:
         assert (ROOT / cfg.data.validation).is_file()

@@ -3,7 +3,7 @@
 import pytest
 
 from lmtune.config import load_config
-from lmtune.data.formats import FORMATS
+from lmtune.data.formats import FORMATS, to_row
 from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import IGNORE
 from lmtune.tasks import TASKS
@@ -18,8 +18,8 @@ def encode(tok, overrides, rows, template="auto"):
     convert = FORMATS.get(cfg.data.format)
     examples = [convert(r, f"f:{i}", cfg.data) for i, r in enumerate(rows)]
     task = TASKS.get(cfg.task.name)(cfg, tok, Renderer(tok, cfg.data.template))
-    batch = {"messages": [e["messages"] for e in examples], "label": [e["label"] for e in examples]}
-    return task.encode(batch)
+    rows = [to_row(e) for e in examples]
+    return task.encode({k: [r[k] for r in rows] for k in rows[0]})
 
 
 def test_label_tokens_chat_template(llama_tokenizer):

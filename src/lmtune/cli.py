@@ -20,6 +20,13 @@ def cmd_train(args) -> None:
     train(load_config(args.config, overrides))
 
 
+def cmd_data(args) -> None:
+    from lmtune.config import load_config
+    from lmtune.data.preview import preview
+
+    preview(load_config(args.config, list(args.overrides)), rows=args.rows)
+
+
 def cmd_eval(args) -> None:
     from lmtune.eval.evaluate import evaluate_run
 
@@ -53,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where to write the run (same as output.dir=...)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("data", help="show counts, lengths and the first examples with their loss mask")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as data.max_length=256")
+    p.add_argument("--rows", type=int, default=3, help="how many training rows to show")
+    p.set_defaults(func=cmd_data)
+
     p = sub.add_parser("eval", help="evaluate a saved run on its validation split or --data FILE")
     p.add_argument("run_dir")
     p.add_argument("--data", help="a data file in the run's format (default: the run's validation file)")
@@ -73,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args: overrides may come after options (`train c.yaml --output-dir d train.lr=1e-4`).
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command != "train"]
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("train", "data")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -42,19 +42,48 @@ class MethodConfig(Section):
     target_modules: Union[str, list[str]] = Field("all-linear", description="'all-linear' or module names")
 
 
+FormatName = Literal["classification", "instruction", "completion", "messages", "sharegpt", "text"]
+
+
+class MixSource(Section):
+    path: str = Field(..., description="a file, directory, glob or hub dataset (owner/name[:split])")
+    format: Optional[FormatName] = Field(None, description="default: data.format")
+    columns: Optional[dict[str, str]] = Field(None, description="default: data.columns")
+    weight: float = Field(1.0, gt=0, description="share of the mixed training set, relative to the other sources")
+
+
 class DataConfig(Section):
-    train: Optional[str] = Field(None, description="training file (jsonl, json, csv, parquet)")
-    validation: Optional[str] = Field(None, description="validation file, same format as train")
-    format: Literal["classification", "instruction", "messages"] = "instruction"
+    train: Optional[str] = Field(None, description="training data: a file (jsonl, json, csv, tsv, parquet, txt), a directory, a glob, or a hub dataset owner/name[:split]")
+    validation: Optional[str] = Field(None, description="validation data, same kinds as train")
+    mix: Optional[list[MixSource]] = Field(None, description="several training sources mixed by weight (instead of train)")
+    val_size: Optional[float] = Field(None, gt=0, description="no validation file: carve this fraction (< 1) or count (>= 1) from train")
+    format: FormatName = "instruction"
     columns: dict[str, str] = Field(default_factory=dict, description="field -> column name in the file")
+    txt_unit: Literal["line", "file"] = Field("line", description=".txt files: one document per line or per file")
     labels: Optional[list[str]] = Field(None, description="label names; int labels index into this list")
     prompt: str = Field("{text}", description="classification: user message made from the row, e.g. 'Review: {text}'")
     system_prompt: Optional[str] = None
     template: Literal["auto", "chat", "plain"] = Field("auto", description="auto: the tokenizer's chat template if any")
+    train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="multi-turn: which assistant turns carry the loss")
     max_length: int = Field(512, gt=1)
+    packing: bool = Field(False, description="padding-free batches: rows concatenated, position_ids restart per row")
+    streaming: bool = Field(False, description="read the training file lazily (needs train.max_steps)")
     max_samples: Optional[int] = Field(None, gt=0, description="cap on training rows (after a seeded shuffle)")
     max_eval_samples: Optional[int] = Field(None, gt=0)
     on_bad_rows: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "DataConfig":
+        if self.mix and self.train:
+            raise ValueError("give data.train or data.mix, not both")
+        if self.val_size is not None and self.validation:
+            raise ValueError("give data.validation or data.val_size, not both")
+        if self.streaming and (self.mix or self.val_size):
+            raise ValueError("data.streaming reads one training source in order; it cannot be combined with data.mix or data.val_size")
+        formats = {self.format} | {m.format or self.format for m in self.mix or []}
+        if "text" in formats and len(formats) > 1:
+            raise ValueError("raw text (format: text) cannot be mixed with other formats in one run")
+        return self
 
 
 class TaskConfig(Section):
@@ -109,6 +138,8 @@ class Config(Section):
                 raise ValueError("task.label_words needs one word per entry of data.labels")
         if self.task.name == "sft" and self.data.format == "classification":
             raise ValueError("data.format classification goes with task label_tokens, not sft")
+        if self.data.streaming and self.train.max_steps <= 0:
+            raise ValueError("data.streaming needs train.max_steps (the length of a stream is not known)")
         return self
 
 

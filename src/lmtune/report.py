@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# Piped output (CI logs, `| tee`) gets 120 columns rather than rich's 80, so paths do not wrap.
+console = Console(highlight=False, width=shutil.get_terminal_size((120, 24)).columns)
 
 
 def print_data_summary(splits, template_mode: str) -> None:
     for name, info in splits:
         if info is None:
             continue
-        line = f"lmtune: {name}: {info.rows:,} rows from {info.path} (template: {template_mode})"
+        rows = "streamed" if info.rows < 0 else f"{info.rows:,} rows"
+        line = f"lmtune: {name}: {rows} from {info.source} (template: {template_mode})"
         if info.skipped:
             line += f", {info.skipped:,} bad rows skipped"
         if info.truncated:
             line += f", {info.truncated:,} rows longer than data.max_length were cut (prompt cut from the left)"
-        console.print(line)
+        print(line, flush=True)
 
 
 def _fmt(value) -> str:

@@ -12,8 +12,8 @@ from lmtune.data.tokenize import IGNORE
 class PadCollator:
     """Pads to the longest row of the batch (never to a fixed length).
 
-    Left padding (label scoring, generation) also gets position_ids that start at 0 on the first
-    real token, so that models with absolute positions (GPT-2) see the same positions as unpadded.
+    Left padding (generation) also gets position_ids that start at 0 on the first real token, so
+    that models with absolute positions (GPT-2) see the same positions as unpadded.
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
@@ -42,3 +42,29 @@ class PadCollator:
 
     def _pad(self, values: list[int], pad: int, fill: int) -> list[int]:
         return [fill] * pad + values if self.padding_side == "left" else values + [fill] * pad
+
+
+class PackCollator:
+    """Padding-free batches: the rows are concatenated into one, with position_ids restarting at 0
+    for each row and no attention_mask, from which the model builds a block-diagonal causal mask
+    (attention never crosses rows). The first label of each row is set to -100, so that no row is
+    trained to predict its first token from the previous row's last one. No pad token is computed.
+    """
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, labels, positions, classes = [], [], [], []
+        for r in rows:
+            n = len(r["input_ids"])
+            ids += list(r["input_ids"])
+            labels += [IGNORE] + list(r["labels"][1:])
+            positions += range(n)
+            if "label" in r:
+                classes.append(r["label"])
+        out = {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+        }
+        if classes:
+            out["label"] = torch.tensor(classes, dtype=torch.long)
+        return out

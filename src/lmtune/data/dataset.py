@@ -1,7 +1,9 @@
-"""File -> validated examples -> tokenised datasets.Dataset, cached on disk.
+"""Sources -> checked examples -> tokenised datasets.Dataset, cached on disk.
 
-The tokenised split is stored as an Arrow file in lmtune's cache, keyed by the file's content, the
-data and task config and the tokenizer, so a second run with the same inputs does not tokenise again.
+A split is read and checked in full before any model is loaded (a bad row fails in a second).
+The tokenised split is stored as an Arrow file in lmtune's cache, keyed by the examples themselves,
+the data and task config and the tokenizer, so a second run with the same inputs does not
+tokenise again.
 """
 
 from __future__ import annotations
@@ -9,80 +11,139 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from lmtune import __version__
 from lmtune.config import DataConfig, TaskConfig
-from lmtune.data.formats import FORMATS, Example
+from lmtune.data.formats import FORMATS, Example, to_row
 from lmtune.data.sources import read_rows
 from lmtune.errors import DataError
 from lmtune.model.builtin import cache_root
 
 # Bump when the meaning of cached token ids changes.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
+
+
+@dataclass
+class Split:
+    """The checked examples of one split, before tokenisation."""
+
+    name: str
+    source: str  # what the user named: a path, a glob, "mix of 2 sources", "5% of train"
+    examples: list[Example]
+    skipped: int = 0  # bad rows skipped (on_bad_rows: skip)
 
 
 @dataclass
 class SplitInfo:
-    path: str
-    rows: int  # rows used
-    skipped: int  # bad rows skipped (on_bad_rows: skip)
+    source: str
+    rows: int  # rows after tokenisation (blocks, for raw text); -1 for a stream
+    skipped: int
     truncated: int  # rows longer than max_length, cut
+    tokens: int = 0
+    lengths: dict = field(default_factory=dict)  # min / mean / max tokens per row
 
 
-def load_examples(path: str, cfg: DataConfig) -> tuple[list[Example], int]:
-    """Read and check every row. Returns the examples and how many bad rows were skipped."""
-    convert = FORMATS.get(cfg.format)
+def load_examples(spec: str, cfg: DataConfig) -> tuple[list[Example], int]:
+    """Read and check every row of a source. Returns the examples and the count of bad rows skipped."""
     examples, skipped = [], 0
-    for loc, row in read_rows(path):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            examples.append(convert(row, loc, cfg))
-        except DataError as e:
-            if cfg.on_bad_rows == "error":
-                raise DataError(f"{e}\n(set data.on_bad_rows: skip to skip bad rows and count them)") from None
+    for ex in iter_examples(spec, cfg):
+        if isinstance(ex, DataError):
             skipped += 1
+        else:
+            examples.append(ex)
     if not examples:
-        raise DataError(f"{path}: no usable rows")
+        raise DataError(f"{spec}: no usable rows")
     return examples, skipped
 
 
-def sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
-    """At most `limit` examples, drawn with a seeded shuffle so a sorted file still gives a fair sample."""
+def iter_examples(spec: str, cfg: DataConfig):
+    """Examples one by one; a bad row raises (on_bad_rows: error) or comes as its DataError (skip)."""
+    convert = FORMATS.get(cfg.format)
+    for loc, row in read_rows(spec, cfg.txt_unit):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            yield convert(row, loc, cfg)
+        except DataError as e:
+            if cfg.on_bad_rows == "error":
+                raise DataError(f"{e}\n(set data.on_bad_rows: skip to skip bad rows and count them)") from None
+            yield e
+
+
+def shuffled(items: list, seed: int) -> list:
+    out = list(items)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def sample(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
+    """At most `limit` examples, drawn with a seeded shuffle so a sorted file still gives a fair
+    sample; the file order is kept among those drawn."""
     if limit is None or limit >= len(examples):
         return examples
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    return [examples[i] for i in sorted(order[:limit])]
+    chosen = sorted(shuffled(range(len(examples)), seed)[:limit])
+    return [examples[i] for i in chosen]
 
 
-def read_split(path: str, cfg: DataConfig, limit: int | None, seed: int) -> tuple[list[Example], int]:
-    """Checked examples of one file (at most `limit`), and the count of bad rows skipped."""
-    examples, skipped = load_examples(path, cfg)
-    return sample(examples, limit, seed), skipped
+def read_mix(cfg: DataConfig, seed: int) -> Split:
+    """Several sources, each with its own format and columns, mixed by weight: a source gets
+    weight / sum(weights) of the mixed set (sum of the sources' sizes), repeating its rows when
+    its share is larger than itself."""
+    parts, skipped = [], 0
+    for source in cfg.mix:
+        own = cfg.model_copy(update={"format": source.format or cfg.format, "columns": source.columns or cfg.columns})
+        examples, bad = load_examples(source.path, own)
+        parts.append((examples, source.weight))
+        skipped += bad
+    total = sum(len(ex) for ex, _ in parts)
+    weight_sum = sum(w for _, w in parts)
+    mixed: list[Example] = []
+    for i, (examples, weight) in enumerate(parts):
+        count = round(total * weight / weight_sum)
+        order = shuffled(range(len(examples)), seed + i)
+        mixed += [examples[order[k % len(order)]] for k in range(count)]
+    return Split("train", f"mix of {len(parts)} sources", shuffled(mixed, seed), skipped)
 
 
-def tokenize_split(
-    path: str,
-    examples: list[Example],
-    skipped: int,
-    data_cfg: DataConfig,
-    task_cfg: TaskConfig,
-    tokenizer,
-    encode: Callable[[dict], dict],
-    limit: int | None,
-    seed: int,
-):
+def read_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
+    """train (and validation, from its own source or carved from train by val_size), capped by
+    max_samples / max_eval_samples."""
+    if cfg.mix:
+        train = read_mix(cfg, seed)
+    elif cfg.train:
+        train = Split("train", cfg.train, *load_examples(cfg.train, cfg))
+    else:
+        raise DataError("data.train: no training data; set data.train: path/to/train.jsonl (or data.mix)")
+    splits = {"train": train}
+    if cfg.validation:
+        splits["validation"] = Split("validation", cfg.validation, *load_examples(cfg.validation, cfg))
+    elif cfg.val_size:
+        n = len(train.examples)
+        count = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * n)
+        if not 0 < count < n:
+            raise DataError(f"data.val_size: {cfg.val_size} leaves no rows for training or validation ({n} rows)")
+        order = shuffled(range(n), seed)
+        held_out = set(order[:count])
+        splits["validation"] = Split("validation", f"{count} rows held out of {train.source}",
+                                     [train.examples[i] for i in sorted(held_out)])
+        train.examples = [ex for i, ex in enumerate(train.examples) if i not in held_out]
+    train.examples = sample(train.examples, cfg.max_samples, seed)
+    if "validation" in splits:
+        splits["validation"].examples = sample(splits["validation"].examples, cfg.max_eval_samples, seed)
+    return splits
+
+
+def tokenize_split(split: Split, data_cfg: DataConfig, task_cfg: TaskConfig, tokenizer, encode: Callable[[dict], dict]):
     """Tokenise one split with the task's `encode` (a batched datasets.map function), cached."""
     from datasets import Dataset
 
-    key = _cache_key(path, data_cfg, task_cfg, tokenizer, limit, seed)
+    rows = [to_row(ex) for ex in split.examples]
+    key = _cache_key(rows, data_cfg, task_cfg, tokenizer)
     cache_file = cache_root() / "datasets" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    raw = Dataset.from_list(examples)
+    raw = Dataset.from_list(rows)
     ds = raw.map(
         encode,
         batched=True,
@@ -90,26 +151,42 @@ def tokenize_split(
         remove_columns=raw.column_names,
         cache_file_name=str(cache_file),
         new_fingerprint=key,
-        desc=f"tokenising {Path(path).name}",
+        desc=f"tokenising {split.name}",
     )
-    info = SplitInfo(path=path, rows=len(ds), skipped=skipped, truncated=int(sum(ds["truncated"])))
+    lengths = [len(x) for x in ds["input_ids"]]
+    info = SplitInfo(
+        source=split.source,
+        rows=len(ds),
+        skipped=split.skipped,
+        truncated=int(sum(ds["truncated"])),
+        tokens=sum(lengths),
+        lengths={"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)},
+    )
     return ds, info
 
 
-def build_split(path, data_cfg, task_cfg, tokenizer, encode, limit, seed):
-    """read_split + tokenize_split."""
-    examples, skipped = read_split(path, data_cfg, limit, seed)
-    return tokenize_split(path, examples, skipped, data_cfg, task_cfg, tokenizer, encode, limit, seed)
+def stream_split(spec: str, cfg: DataConfig, encode: Callable[[dict], dict], seed: int):
+    """A training split read lazily (data.streaming): rows are checked and tokenised as training
+    consumes them, through a shuffle buffer; a bad row stops the run when it is reached."""
+    from datasets import IterableDataset
+
+    def rows():
+        for ex in iter_examples(spec, cfg):
+            if not isinstance(ex, DataError):
+                yield to_row(ex)
+
+    stream = IterableDataset.from_generator(rows)
+    stream = stream.map(encode, batched=True, batch_size=256, remove_columns=["messages", "segments", "text", "label"])
+    return stream.shuffle(seed=seed, buffer_size=1000), SplitInfo(source=spec, rows=-1, skipped=0, truncated=0)
 
 
-def _cache_key(path, data_cfg: DataConfig, task_cfg: TaskConfig, tokenizer, limit, seed) -> str:
+def _cache_key(rows: list[dict], data_cfg: DataConfig, task_cfg: TaskConfig, tokenizer) -> str:
     h = hashlib.sha256()
-    h.update(Path(path).read_bytes())
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True).encode())
     parts = {
-        "data": data_cfg.model_dump(mode="json"),
+        "data": data_cfg.model_dump(mode="json", exclude={"train", "validation", "mix", "max_samples", "max_eval_samples"}),
         "task": task_cfg.model_dump(mode="json"),
-        "limit": limit,
-        "seed": seed,
         "version": [__version__, PIPELINE_VERSION],
         "chat_template": getattr(tokenizer, "chat_template", None),
         "special": [tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token],

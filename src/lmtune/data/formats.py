@@ -1,10 +1,14 @@
-"""Row formats -> one normal form: a list of chat messages (and a label index for classification).
+"""Row formats -> one normal form, checked field by field.
 
-Each converter checks its row and raises a DataError naming the file, line and field.
+The normal form is a dict with four keys (every example has all four, so that a datasets.Dataset
+can hold them): `messages` (chat turns), `segments` (raw [text, is_target] pieces that bypass the
+template: the completion format), `text` (a raw document: continued pre-training) and `label`
+(a class index, -1 when none). Each converter raises a DataError naming the file, line and field.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable
 
@@ -12,12 +16,35 @@ from lmtune.config import DataConfig
 from lmtune.errors import DataError
 from lmtune.registry import Registry
 
-Example = dict[str, Any]  # {"messages": [{"role", "content"}, ...], "label": int (-1 when none)}
+Example = dict[str, Any]
 Converter = Callable[[dict[str, Any], str, DataConfig], Example]
 
 FORMATS: Registry[Converter] = Registry("data format")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+# Keys of a turn passed through to the chat template besides role and content (tool calling).
+TURN_EXTRAS = ("tool_calls", "name", "tool_call_id")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                  "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool"}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def example(messages=(), segments=(), text: str = "", label: int = -1) -> Example:
+    return {"messages": list(messages), "segments": [list(s) for s in segments], "text": text, "label": label}
+
+
+def to_row(ex: Example) -> dict[str, Any]:
+    """Storage form for a datasets.Dataset: turns and segments as JSON text, whose structure
+    (tool calls with arbitrary arguments) Arrow could not hold in one schema."""
+    return {"messages": json.dumps(ex["messages"]), "segments": json.dumps(ex["segments"]),
+            "text": ex["text"], "label": ex["label"]}
+
+
+def from_batch(batch: dict[str, list]) -> list[Example]:
+    """The examples of a batched datasets.map call over rows made by to_row."""
+    return [
+        {"messages": json.loads(m), "segments": json.loads(s), "text": t, "label": l}
+        for m, s, t, l in zip(batch["messages"], batch["segments"], batch["text"], batch["label"])
+    ]
 
 
 def column(cfg: DataConfig, field: str) -> str:
@@ -41,7 +68,7 @@ def _mapping_hint(field: str, name: str) -> str:
     return f" (set data.columns.{field} if the file calls it something else)" if field == name else ""
 
 
-def with_system(messages: list[dict[str, str]], cfg: DataConfig) -> list[dict[str, str]]:
+def with_system(messages: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
     if cfg.system_prompt and messages[0]["role"] != "system":
         return [{"role": "system", "content": cfg.system_prompt}] + messages
     return messages
@@ -62,7 +89,7 @@ def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
         return str(value)
 
     prompt = _PLACEHOLDER.sub(fill, cfg.prompt)
-    return {"messages": with_system([{"role": "user", "content": prompt}], cfg), "label": label}
+    return example(messages=with_system([{"role": "user", "content": prompt}], cfg), label=label)
 
 
 def parse_label(value: Any, loc: str, cfg: DataConfig) -> int:
@@ -92,31 +119,84 @@ def instruction(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
     answer = text_field(row, loc, cfg, "output")
     user = f"{prompt}\n\n{extra}" if extra else prompt
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    return {"messages": with_system(messages, cfg), "label": -1}
+    return example(messages=with_system(messages, cfg))
+
+
+@FORMATS.register("completion")
+def completion(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+    """Plain prompt -> completion text, no chat template; the loss is on the completion (+ EOS)."""
+    prompt = text_field(row, loc, cfg, "prompt")
+    answer = text_field(row, loc, cfg, "completion")
+    return example(segments=[(prompt, False), (answer, True)])
+
+
+@FORMATS.register("text")
+def text(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+    """A raw document for continued pre-training: the loss is on every token."""
+    return example(text=text_field(row, loc, cfg, "text"))
 
 
 @FORMATS.register("messages")
 def messages(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
     name = column(cfg, "messages")
-    turns = row.get(name)
-    if not isinstance(turns, list) or not turns:
-        what = "missing" if turns is None else "empty" if turns == [] else f"a {type(turns).__name__}"
-        raise DataError(f"{loc}: field {name!r} is {what}; expected a list of {{role, content}} turns")
+    turns = _turn_list(row, loc, name)
     out = []
     for i, turn in enumerate(turns):
-        where = f"{loc}: {name}[{i}]"
         if not isinstance(turn, dict):
-            raise DataError(f"{where}: expected an object with role and content")
-        role, content = turn.get("role"), turn.get("content")
+            raise DataError(f"{loc}: {name}[{i}]: expected an object with role and content")
+        out.append({"role": turn.get("role"), "content": turn.get("content"),
+                    **{k: turn[k] for k in TURN_EXTRAS if turn.get(k) is not None}})
+    return example(messages=with_system(check_conversation(out, loc, name), cfg))
+
+
+@FORMATS.register("sharegpt")
+def sharegpt(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+    """`conversations` of {from, value} turns (human / gpt / system / function_call / observation)."""
+    name = column(cfg, "conversations")
+    turns = _turn_list(row, loc, name)
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise DataError(f"{loc}: {name}[{i}]: expected an object with from and value")
+        role = SHAREGPT_ROLES.get(turn.get("from"))
+        if role is None:
+            raise DataError(f"{loc}: {name}[{i}]: unknown speaker {turn.get('from')!r}; use one of {', '.join(SHAREGPT_ROLES)}")
+        out.append({"role": role, "content": turn.get("value")})
+    if isinstance(row.get("system"), str) and row["system"].strip() and out and out[0]["role"] != "system":
+        out.insert(0, {"role": "system", "content": row["system"]})
+    return example(messages=with_system(check_conversation(out, loc, name), cfg))
+
+
+def _turn_list(row: dict[str, Any], loc: str, name: str) -> list:
+    turns = row.get(name)
+    if isinstance(turns, str):  # CSV / parquet cells may hold the list as JSON text
+        try:
+            turns = json.loads(turns)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(turns, list) or not turns:
+        what = "missing" if turns is None else "empty" if turns == [] else f"a {type(turns).__name__}"
+        raise DataError(f"{loc}: field {name!r} is {what}; expected a list of turns{_mapping_hint('messages', name)}")
+    return turns
+
+
+def check_conversation(turns: list[dict[str, Any]], loc: str, name: str) -> list[dict[str, Any]]:
+    seen_user = False
+    for i, turn in enumerate(turns):
+        where = f"{loc}: {name}[{i}]"
+        role, content = turn["role"], turn["content"]
         if role not in ROLES:
             raise DataError(f"{where}: unknown role {role!r}; use one of {', '.join(ROLES)}")
         if role == "system" and i != 0:
             raise DataError(f"{where}: a system turn may only come first")
-        if not isinstance(content, str) or (role == "assistant" and not content.strip()):
-            raise DataError(f"{where}: content must be a non-empty string")
-        if role == "assistant" and not any(t["role"] == "user" for t in out):
+        calls_tools = role == "assistant" and turn.get("tool_calls")
+        if not isinstance(content, str) or (role == "assistant" and not calls_tools and not content.strip()):
+            if not (calls_tools and content is None):
+                raise DataError(f"{where}: content must be a non-empty string")
+            turn["content"] = ""
+        if role == "assistant" and not seen_user:
             raise DataError(f"{where}: an assistant turn before any user turn; start with a user turn")
-        out.append({"role": role, "content": content})
-    if out[-1]["role"] != "assistant":
-        raise DataError(f"{loc}: the conversation ends on a {out[-1]['role']} turn; it must end with an assistant turn")
-    return {"messages": with_system(out, cfg), "label": -1}
+        seen_user = seen_user or role == "user"
+    if turns[-1]["role"] != "assistant":
+        raise DataError(f"{loc}: the conversation ends on a {turns[-1]['role']} turn; it must end with an assistant turn")
+    return turns

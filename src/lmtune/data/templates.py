@@ -8,6 +8,8 @@ exactly as a prompt is tokenised at inference time, so training and generation s
 
 from __future__ import annotations
 
+import json
+
 from lmtune.errors import ConfigError, DataError
 
 Segment = tuple[str, bool]  # (text, is_target)
@@ -15,6 +17,7 @@ Segment = tuple[str, bool]  # (text, is_target)
 # The fallback for tokenizers without a chat template (GPT-2, base models): Alpaca-style headers.
 PLAIN_SYSTEM = "{content}\n\n"
 PLAIN_USER = "### Instruction:\n{content}\n\n### Response:\n"
+PLAIN_TOOL = "### Tool result:\n{content}\n\n### Response:\n"
 
 
 class Renderer:
@@ -24,6 +27,14 @@ class Renderer:
             raise ConfigError("data.template: chat, but this tokenizer has no chat template; use auto or plain")
         self.mode = "chat" if mode == "chat" or (mode == "auto" and has_chat) else "plain"
         self.tokenizer = tokenizer
+
+    def render(self, ex: dict, add_generation_prompt: bool = False) -> list[Segment]:
+        """Segments of a normal-form example: raw segments (completion format, EOS added to the
+        answer) or rendered messages."""
+        if ex["segments"]:
+            eos = self.tokenizer.eos_token or ""
+            return [(text + eos if is_target else text, is_target) for text, is_target in ex["segments"]]
+        return self.segments(ex["messages"], add_generation_prompt)
 
     def segments(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[Segment]:
         """Segments whose concatenation is the rendered conversation; assistant turns are targets.
@@ -43,14 +54,20 @@ class Renderer:
         out: list[Segment] = []
         for m in messages:
             if m["role"] == "assistant":
-                out.append((m["content"] + eos, True))
+                calls = "".join("\n" + json.dumps(c) for c in m.get("tool_calls") or [])
+                out.append((m["content"] + calls + eos, True))
             else:
-                fmt = PLAIN_SYSTEM if m["role"] == "system" else PLAIN_USER
+                fmt = {"system": PLAIN_SYSTEM, "user": PLAIN_USER, "tool": PLAIN_TOOL}[m["role"]]
                 out.append((fmt.format(content=m["content"]), False))
         return out
 
     def _render(self, messages, add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        from jinja2 import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except TemplateError as e:
+            raise DataError(f"the chat template cannot render this conversation ({e}); set data.template: plain") from None
 
     def _chat(self, messages, add_generation_prompt):
         out: list[Segment] = []

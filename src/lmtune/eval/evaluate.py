@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from lmtune.data.dataset import build_split
+from lmtune.data.dataset import Split, load_examples, read_splits, tokenize_split
 from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.run_dir import load_run
@@ -14,11 +14,14 @@ from lmtune.tasks import TASKS
 
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None) -> dict:
     cfg, model, tokenizer, precision = load_run(run_dir)
-    path = data or cfg.data.validation
-    if not path:
-        raise ConfigError(f"{run_dir}: the run has no data.validation; pass --data FILE")
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
-    limit = None if data else cfg.data.max_eval_samples
-    dataset, info = build_split(path, cfg.data, cfg.task, tokenizer, task.encode, limit, cfg.train.seed)
+    if data:
+        examples, skipped = load_examples(data, cfg.data)
+        split = Split("eval", data, examples, skipped)
+    elif cfg.data.validation or cfg.data.val_size:
+        split = read_splits(cfg.data, cfg.train.seed)["validation"]
+    else:
+        raise ConfigError(f"{run_dir}: the run has no validation data; pass --data FILE")
+    dataset, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
     metrics = task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)
-    return {"data": path, "rows": info.rows, **metrics}
+    return {"data": split.source, "rows": info.rows, **metrics}

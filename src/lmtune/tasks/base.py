@@ -8,8 +8,9 @@ from typing import Iterator
 import torch
 
 from lmtune.config import Config
-from lmtune.data.collate import PadCollator
+from lmtune.data.collate import PackCollator, PadCollator
 from lmtune.data.templates import Renderer
+from lmtune.data.tokenize import IGNORE
 from lmtune.hardware import DTYPES
 
 
@@ -24,6 +25,26 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits only where a target is predicted, and those targets: (N, vocab) fp32 and (N,).
+
+    The LM head runs only at positions whose next label is not -100 (a boolean logits_to_keep),
+    so a prompt-heavy batch never materialises logits over the whole vocabulary for every token.
+    Same loss as the model's own shifted cross-entropy, computed on far fewer positions.
+    """
+    labels = inputs["labels"]
+    next_labels = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = next_labels != IGNORE
+    kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+    # use_cache=False: without a cache the model reads packed rows from position_ids.
+    logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
+    return logits.reshape(-1, logits.shape[-1]).float(), next_labels[next_labels != IGNORE]
+
+
 class Task:
     """Base class. A task encodes examples, computes its training loss and its metrics."""
 
@@ -35,7 +56,10 @@ class Task:
         self.tokenizer = tokenizer
         self.renderer = renderer
 
-    def collator(self) -> PadCollator:
+    def collator(self, packing: bool = False):
+        """Padding to the longest row, or (training with data.packing) one padding-free row."""
+        if packing:
+            return PackCollator()
         return PadCollator(self.tokenizer.pad_token_id, self.padding_side)
 
     def encode(self, batch: dict[str, list]) -> dict[str, list]:

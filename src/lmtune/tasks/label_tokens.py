@@ -2,7 +2,7 @@
 
 The prompt is followed by the label word; the loss is on that one token only, and the prediction
 is the argmax over the label words' logits, so the model can never answer outside the label set.
-Only the last prompt position goes through the LM head (logits_to_keep=1), in training too.
+Only the position before the label goes through the LM head, in training too.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from lmtune.data.tokenize import IGNORE, tokenize_segments, truncate
 from lmtune.errors import ConfigError
 from lmtune.tasks import TASKS
-from lmtune.tasks.base import Task, autocast, model_device
+from lmtune.data.formats import from_batch
+from lmtune.tasks.base import Task, autocast, model_device, target_logits
 
 
 @TASKS.register("label_tokens")
 class LabelTokensTask(Task):
-    # Left padding puts every row's label token in the last column, so one slice serves the batch.
-    padding_side = "left"
     metric_for_summary = "accuracy"
 
     def __init__(self, cfg, tokenizer, renderer):
@@ -40,9 +39,11 @@ class LabelTokensTask(Task):
         return ids[0]
 
     def encode(self, batch):
-        prompts = [self.renderer.segments(m, add_generation_prompt=True) for m in batch["messages"]]
+        examples = from_batch(batch)
+        prompts = [self.renderer.segments(ex["messages"], add_generation_prompt=True) for ex in examples]
         out = {"input_ids": [], "labels": [], "label": [], "truncated": []}
-        for (ids, labels), label in zip(tokenize_segments(self.tokenizer, self.renderer, prompts), batch["label"]):
+        labels_of_rows = [ex["label"] for ex in examples]
+        for (ids, labels), label in zip(tokenize_segments(self.tokenizer, self.renderer, prompts), labels_of_rows):
             target = self.label_token_ids[label]
             ids, labels, cut = truncate(ids + [target], [IGNORE] * len(ids) + [target], self.cfg.data.max_length)
             out["input_ids"].append(ids)
@@ -51,18 +52,8 @@ class LabelTokensTask(Task):
             out["truncated"].append(cut)
         return out
 
-    def _last_logits(self, model, inputs) -> torch.Tensor:
-        # The label token sits in the last column; the logits that predict it come from the
-        # position before, so the last column is dropped and only one position is projected.
-        kwargs = {k: inputs[k][:, :-1] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-        # An index tensor, not the int 1: the int slices a non-contiguous view, which makes the LM
-        # head broadcast its whole weight over the batch (a 0.5 s copy per step on a CPU).
-        last = torch.tensor([kwargs["input_ids"].shape[1] - 1], device=kwargs["input_ids"].device)
-        return model(**kwargs, logits_to_keep=last).logits[:, -1].float()
-
     def loss(self, model, inputs):
-        logits = self._last_logits(model, inputs)
-        targets = inputs["labels"][:, -1]
+        logits, targets = target_logits(model, inputs)
         return F.cross_entropy(logits, targets, reduction="sum"), targets.numel()
 
     @torch.inference_mode()
@@ -75,8 +66,8 @@ class LabelTokensTask(Task):
         with autocast(device, precision):
             for batch in self.batches(dataset, batch_size):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                logits = self._last_logits(model, batch)
-                loss_sum += F.cross_entropy(logits, batch["labels"][:, -1], reduction="sum").item()
+                logits, targets = target_logits(model, batch)
+                loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
                 preds += logits[:, label_ids].argmax(-1).tolist()
                 golds += batch["label"].tolist()
         model.train(was_training)

@@ -1,14 +1,18 @@
-"""Instruction and chat fine-tuning: loss on the answer / assistant tokens only."""
+"""Instruction and chat fine-tuning (loss on the answer / assistant tokens only), completion pairs,
+and continued pre-training on raw text (loss on every token)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
-from lmtune.data.tokenize import IGNORE, tokenize_segments, truncate
+from lmtune.data.formats import from_batch
+from lmtune.data.templates import Segment
+from lmtune.data.tokenize import bos_prefix, tokenize_segments, truncate
 from lmtune.tasks import TASKS
-from lmtune.tasks.base import Task, autocast, model_device
+from lmtune.tasks.base import Task, autocast, model_device, target_logits
 
 
 @TASKS.register("sft")
@@ -17,7 +21,10 @@ class SftTask(Task):
     metric_for_summary = "loss"
 
     def encode(self, batch):
-        conversations = [self.renderer.segments(m) for m in batch["messages"]]
+        examples = from_batch(batch)
+        if examples and examples[0]["text"]:
+            return self.encode_documents([ex["text"] for ex in examples])
+        conversations = [self._targets(self.renderer.render(ex)) for ex in examples]
         out = {"input_ids": [], "labels": [], "truncated": []}
         for ids, labels in tokenize_segments(self.tokenizer, self.renderer, conversations):
             ids, labels, cut = truncate(ids, labels, self.cfg.data.max_length)
@@ -26,13 +33,30 @@ class SftTask(Task):
             out["truncated"].append(cut)
         return out
 
+    def _targets(self, segments: list[Segment]) -> list[Segment]:
+        """data.train_on: last_assistant keeps the loss on the final assistant turn only."""
+        if self.cfg.data.train_on == "all_assistant":
+            return segments
+        last = max((i for i, (_, target) in enumerate(segments) if target), default=-1)
+        return [(text, target and i == last) for i, (text, target) in enumerate(segments)]
+
+    def encode_documents(self, documents: list[str]) -> dict[str, list]:
+        """Continued pre-training: documents joined with EOS and cut into blocks of max_length,
+        the loss on every token. A block may span two documents, as in the usual recipe; the
+        remainder of a map batch becomes one shorter block, so no text is dropped."""
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        prefix = bos_prefix(self.tokenizer, self.renderer)
+        stream: list[int] = []
+        for ids in self.tokenizer(documents, add_special_tokens=False)["input_ids"]:
+            stream += prefix + ids + eos
+        size = self.cfg.data.max_length
+        blocks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        blocks = [b for b in blocks if len(b) > 1]  # a one-token block predicts nothing
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks], "truncated": [False] * len(blocks)}
+
     def loss(self, model, inputs):
-        targets = int((inputs["labels"][:, 1:] != IGNORE).sum())
-        # num_items_in_batch=1 makes the model's loss a sum over target tokens (shifted inside).
-        out = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"], num_items_in_batch=1
-        )
-        return out.loss, targets
+        logits, targets = target_logits(model, inputs)
+        return F.cross_entropy(logits, targets, reduction="sum"), targets.numel()
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):

@@ -9,7 +9,7 @@ import torch
 
 from lmtune import hardware
 from lmtune.config import Config, config_to_yaml
-from lmtune.data.dataset import read_split, tokenize_split
+from lmtune.data.dataset import Split, load_examples, read_splits, sample, stream_split, tokenize_split
 from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.methods import METHODS, trainable_summary
@@ -34,22 +34,29 @@ def weights_dtype(requested: str, precision: str, base_frozen: bool) -> torch.dt
     return hardware.DTYPES[precision] if base_frozen and precision != "fp32" else torch.float32
 
 
-def read_splits(cfg: Config) -> dict:
-    """Read and check the data before anything slow happens: a bad row fails in a second."""
-    if not cfg.data.train:
-        raise ConfigError("data.train: no training file; set data.train: path/to/train.jsonl")
-    splits = {"train": (cfg.data.train, cfg.data.max_samples)}
-    if cfg.data.validation:
-        splits["validation"] = (cfg.data.validation, cfg.data.max_eval_samples)
-    return {name: (path, limit, *read_split(path, cfg.data, limit, cfg.train.seed)) for name, (path, limit) in splits.items()}
-
-
 def tokenize_splits(cfg: Config, splits: dict, tokenizer, task) -> dict:
-    """name -> (tokenised dataset, SplitInfo)."""
-    return {
-        name: tokenize_split(path, examples, skipped, cfg.data, cfg.task, tokenizer, task.encode, limit, cfg.train.seed)
-        for name, (path, limit, examples, skipped) in splits.items()
-    }
+    """name -> (tokenised dataset, SplitInfo); a streamed training split is read lazily instead."""
+    out = {}
+    for name, split in splits.items():
+        if name == "train" and cfg.data.streaming:
+            out[name] = stream_split(cfg.data.train, cfg.data, task.encode, cfg.train.seed)
+        else:
+            out[name] = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
+    return out
+
+
+def check_splits(cfg: Config) -> dict:
+    """Read and check the data before anything slow happens; a stream is checked as it is read."""
+    if cfg.data.streaming:
+        if not cfg.data.train:
+            raise ConfigError("data.streaming needs data.train")
+        splits = {"train": None}
+        if cfg.data.validation:
+            examples, skipped = load_examples(cfg.data.validation, cfg.data)
+            examples = sample(examples, cfg.data.max_eval_samples, cfg.train.seed)
+            splits["validation"] = Split("validation", cfg.data.validation, examples, skipped)
+        return splits
+    return read_splits(cfg.data, cfg.train.seed)
 
 
 def training_arguments(cfg: Config, out: Path, precision: str, has_eval: bool):
@@ -69,7 +76,8 @@ def training_arguments(cfg: Config, out: Path, precision: str, has_eval: bool):
         warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # Length grouping only helps padded batches; a packed batch has no padding to save.
+        train_sampling_strategy="group_by_length" if t.group_by_length and not cfg.data.packing else "random",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
@@ -129,7 +137,7 @@ def train(cfg: Config) -> RunResult:
 
     precision = resolve_precision(cfg.train.precision)
     method = METHODS.get(cfg.method.name)
-    splits = read_splits(cfg)
+    splits = check_splits(cfg)
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype)
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
@@ -154,7 +162,7 @@ def train(cfg: Config) -> RunResult:
         args=training_arguments(cfg, out, precision, eval_ds is not None),
         train_dataset=train_ds.remove_columns(["truncated"]),
         eval_dataset=eval_ds,
-        data_collator=task.collator(),
+        data_collator=task.collator(packing=cfg.data.packing),
         callbacks=[JsonlLogger(out / "log.jsonl")],
         task=task,
         precision=precision,

@@ -1,0 +1,69 @@
+"""`lmtune data`: counts, lengths and the first rendered examples with the trained-on tokens
+highlighted, so that a user can check the loss mask before spending hours of compute."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lmtune.config import Config
+from lmtune.data.dataset import read_splits, tokenize_split
+from lmtune.data.templates import Renderer
+from lmtune.data.tokenize import IGNORE
+from lmtune.model.load import load_tokenizer, resolve_model_path
+from lmtune.report import console as report_console
+from lmtune.tasks import TASKS
+
+
+def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
+    """Tokenise the splits with the run's tokenizer (no model weights are loaded) and show them."""
+    console = console or report_console
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model), cfg.model)
+    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
+    data_cfg = cfg.data.model_copy(update={"streaming": False})
+    tokenized = {name: tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
+                 for name, split in read_splits(data_cfg, cfg.train.seed).items()}
+
+    table = Table(title=f"data ({task.renderer.mode} template, max_length {cfg.data.max_length})")
+    for col in ("split", "source", "rows", "skipped", "truncated", "tokens", "target tokens", "length min / mean / max"):
+        table.add_column(col, justify="left" if col in ("split", "source") else "right")
+    summary = {}
+    for name, (ds, info) in tokenized.items():
+        targets = sum(sum(l != IGNORE for l in labels) for labels in ds["labels"])
+        no_target = sum(all(l == IGNORE for l in labels) for labels in ds["labels"])
+        lengths = info.lengths
+        table.add_row(name, info.source, f"{info.rows:,}", f"{info.skipped:,}", f"{info.truncated:,}", f"{info.tokens:,}",
+                      f"{targets:,} ({100 * targets / max(info.tokens, 1):.1f}%)",
+                      f"{lengths['min']} / {lengths['mean']} / {lengths['max']}")
+        summary[name] = {**vars(info), "target_tokens": targets, "rows_without_target": no_target}
+    console.print(table)
+
+    train_ds = tokenized["train"][0]
+    for warning in mask_warnings(tokenizer, train_ds, cfg.data.format, summary["train"]["rows_without_target"]):
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print("[bold]trained-on tokens[/] are [black on green]highlighted[/]; the rest only conditions the model.")
+    for i in range(min(rows, len(train_ds))):
+        console.rule(f"train row {i}")
+        console.print(highlighted(tokenizer, train_ds[i]["input_ids"], train_ds[i]["labels"]))
+    return summary
+
+
+def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:
+    text = Text()
+    for token, label in zip(ids, labels):
+        piece = tokenizer.decode([token])
+        text.append(piece, style="black on green" if label != IGNORE else "dim")
+    return text
+
+
+def mask_warnings(tokenizer, dataset, data_format: str, rows_without_target: int) -> list[str]:
+    """Mistakes that a healthy loss curve hides."""
+    warnings = []
+    if rows_without_target:
+        warnings.append(f"{rows_without_target} training rows have no target token at all: they train nothing")
+    eos = tokenizer.eos_token_id
+    chat_like = data_format in ("instruction", "messages", "sharegpt", "completion")
+    if chat_like and eos is not None and not any(eos in [l for l in labels if l != IGNORE] for labels in dataset["labels"]):
+        warnings.append(f"the end-of-turn token {tokenizer.eos_token!r} is never a target: the model will not learn to stop")
+    return warnings
