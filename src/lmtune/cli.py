@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from lmtune.errors import LmtuneError
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     # Quieter third-party output: the user reads lmtune's lines, the progress bar and the table.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers 5 renames arguments across minor versions; its deprecation notices are not the user's to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # the weight-loading bars; training keeps its own
