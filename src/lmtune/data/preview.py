@@ -50,10 +50,15 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
 
 
 def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:
+    """Runs of target / non-target tokens, each decoded as a whole (a character split over two
+    byte-level tokens would not decode token by token)."""
     text = Text()
-    for token, label in zip(ids, labels):
-        piece = tokenizer.decode([token])
-        text.append(piece, style="black on green" if label != IGNORE else "dim")
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or (labels[end] != IGNORE) != (labels[start] != IGNORE):
+            style = "black on green" if labels[start] != IGNORE else "dim"
+            text.append(tokenizer.decode(ids[start:end]), style=style)
+            start = end
     return text
 
 
