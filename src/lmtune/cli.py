@@ -51,6 +51,14 @@ def cmd_generate(args) -> None:
     print(generate(model, tokenizer, renderer, args.prompt, system, args.max_new_tokens, args.temperature, precision))
 
 
+def cmd_merge(args) -> None:
+    from lmtune.export.merge import merge_run
+
+    report = merge_run(args.run_dir, args.out_dir, args.dtype)
+    print(f"lmtune: merged {report['method']} adapter written to {report['out']} ({report['dtype']}); "
+          f"max |logit difference| to the adapter model: {report['max_abs_logit_diff']:.2e}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description="Fine-tune language models from a YAML config.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into the base and write a plain model")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir", help="a new (or empty) directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the written weights")
+    p.set_defaults(func=cmd_merge)
     return parser
 
 

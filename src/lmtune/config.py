@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,12 +34,83 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
 
 
-class MethodConfig(Section):
-    name: str = Field("lora", description="full | lora")
+class FullMethod(Section):
+    """Every weight trains."""
+
+    name: Literal["full"] = "full"
+
+
+class FreezeMethod(Section):
+    """Only the last N transformer blocks and/or parameters matching name patterns train."""
+
+    name: Literal["freeze"] = "freeze"
+    train_last_layers: int = Field(2, ge=0, description="how many of the last transformer blocks train")
+    train_patterns: list[str] = Field(default_factory=list, description="glob patterns of parameter names that train too, e.g. '*norm*', 'lm_head*'")
+
+
+class LoraMethod(Section):
+    """LoRA, DoRA (weight-decomposed) and QLoRA (LoRA on a 4-bit NF4 base)."""
+
+    name: Literal["lora", "dora", "qlora"] = "lora"
     r: int = Field(8, gt=0)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Union[str, list[str]] = Field("all-linear", description="'all-linear' or module names")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r)")
+    lora_plus_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: the B matrices learn this many times faster")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
+    double_quant: bool = Field(True, description="qlora: quantise the quantisation constants too")
+
+
+class IA3Method(Section):
+    """IA3: learned scaling vectors on keys, values and feed-forward activations."""
+
+    name: Literal["ia3"] = "ia3"
+    target_modules: Optional[list[str]] = Field(None, description="default: peft's choice for the model family")
+    feedforward_modules: Optional[list[str]] = Field(None, description="the target modules that are feed-forward layers")
+
+
+class PromptTuningMethod(Section):
+    """N trainable virtual token embeddings before the input."""
+
+    name: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(20, gt=0)
+    init_text: Optional[str] = Field(None, description="initialise the virtual tokens from this text (default: random)")
+
+
+class PTuningMethod(Section):
+    """Virtual tokens produced by a prompt encoder (MLP or LSTM)."""
+
+    name: Literal["p_tuning"] = "p_tuning"
+    num_virtual_tokens: int = Field(20, gt=0)
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    encoder_hidden_size: int = Field(128, gt=0)
+
+
+class PrefixTuningMethod(Section):
+    """Trainable key/value prefixes at every layer, reparametrised through an MLP (Prefix-Tuning)."""
+
+    name: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, gt=0)
+    encoder_hidden_size: int = Field(512, gt=0)
+
+
+class PTuningV2Method(Section):
+    """Deep prompts at every layer without reparametrisation (P-Tuning v2)."""
+
+    name: Literal["p_tuning_v2"] = "p_tuning_v2"
+    num_virtual_tokens: int = Field(20, gt=0)
+
+
+METHOD_OPTIONS = {m.model_fields["name"].default: m for m in (
+    FullMethod, FreezeMethod, IA3Method, PromptTuningMethod, PTuningMethod, PrefixTuningMethod, PTuningV2Method)}
+METHOD_OPTIONS.update({name: LoraMethod for name in ("lora", "dora", "qlora")})
+MethodConfig = Annotated[
+    Union[FullMethod, FreezeMethod, LoraMethod, IA3Method, PromptTuningMethod, PTuningMethod, PrefixTuningMethod, PTuningV2Method],
+    Field(discriminator="name"),
+]
+PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")
+PREFIX_METHODS = ("prefix_tuning", "p_tuning_v2")  # they pass key/value prefixes as a cache
 
 
 FormatName = Literal["classification", "instruction", "completion", "messages", "sharegpt", "text"]
@@ -121,14 +192,33 @@ class OutputConfig(Section):
 
 class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodConfig = Field(default_factory=LoraMethod)
     data: DataConfig = Field(default_factory=DataConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method(cls, raw: Any) -> Any:
+        """A method section without a name is LoRA; an unknown name gets the list of methods."""
+        if isinstance(raw, dict) and isinstance(raw.get("method"), dict):
+            method = raw["method"]
+            name = method.get("name", "lora")
+            if name not in METHOD_OPTIONS:
+                raise ValueError(f"method.name: unknown method {name!r}; known: {', '.join(sorted(METHOD_OPTIONS))}")
+            raw = {**raw, "method": {**method, "name": name}}
+        return raw
+
     @model_validator(mode="after")
     def _check_combinations(self) -> "Config":
+        name = self.method.name
+        if name in PREFIX_METHODS and self.train.gradient_checkpointing:
+            raise ValueError(f"method {name} passes its prefixes as a key/value cache, which gradient checkpointing "
+                             "cannot recompute; set train.gradient_checkpointing=false or use p_tuning / prompt_tuning / lora")
+        if name in PROMPT_METHODS and self.data.packing:
+            raise ValueError(f"method {name} puts its virtual tokens before each row, and a packed row holds many "
+                             "examples; set data.packing=false or use lora")
         if self.task.name == "label_tokens":
             if self.data.format != "classification":
                 raise ValueError("task label_tokens needs data.format: classification")
@@ -204,10 +294,14 @@ def _explain(err: ValidationError, source: str) -> str:
     lines = []
     for item in err.errors()[:3]:
         loc = [str(p) for p in item["loc"]]
+        hint_loc = loc
+        if loc[:1] == ["method"] and len(loc) > 2 and loc[1] in METHOD_OPTIONS:
+            loc = [loc[0]] + loc[2:]  # drop the union tag: method.lora.r -> method.r
         key = ".".join(loc) or "(top level)"
         if item["type"] == "extra_forbidden":
-            hint = _did_you_mean(loc)
-            lines.append(f"{source}: unknown key {key!r}{hint}")
+            hint = _did_you_mean(hint_loc)
+            which = f" for method {hint_loc[1]!r}" if hint_loc is not loc else ""
+            lines.append(f"{source}: unknown key {key!r}{which}{hint}")
         else:
             msg = item["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {key}: {msg}" if loc else f"{source}: {msg}")
@@ -216,6 +310,8 @@ def _explain(err: ValidationError, source: str) -> str:
 
 def _did_you_mean(loc: list[str]) -> str:
     model: type[BaseModel] = Config
+    if loc[:1] == ["method"] and len(loc) > 2 and loc[1] in METHOD_OPTIONS:
+        model, loc = METHOD_OPTIONS[loc[1]], loc[2:]
     for part in loc[:-1]:
         field = model.model_fields.get(part)
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):

@@ -3,10 +3,10 @@
 from lmtune.methods import METHODS, Method
 
 
-def apply_full(model, cfg):
+def apply_full(model, options, tokenizer):
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
-METHODS.register("full")(Method(apply_full, freezes_base=False))
+METHODS.register("full")(Method(apply_full, freezes_base=False, merge="plain"))

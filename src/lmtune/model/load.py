@@ -73,10 +73,21 @@ def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization
     return model
 
 
-def load_model_and_tokenizer(cfg: ModelConfig, dtype: torch.dtype, path: Optional[str] = None):
+def keep_4bit_layout_for_training(model) -> None:
+    """bitsandbytes repacks 4-bit weights into an inference-only layout the first time a layer
+    runs in eval mode on an AVX512-BF16 CPU; afterwards its matmul no longer passes gradients to
+    the layer's input, and training (after a zero-shot evaluation) would silently go wrong."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, dtype: torch.dtype, path: Optional[str] = None, quantization_config=None):
     path = path or resolve_model_path(cfg)
     tokenizer = load_tokenizer(path, cfg)
-    model = load_causal_lm(path, cfg, dtype)
+    model = load_causal_lm(path, cfg, dtype, quantization_config)
+    if quantization_config is not None:
+        keep_4bit_layout_for_training(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -12,6 +12,7 @@ from lmtune.data.collate import PackCollator, PadCollator
 from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import IGNORE
 from lmtune.hardware import DTYPES
+from lmtune.methods.peft_methods import virtual_tokens_in_sequence
 
 
 def autocast(device: torch.device, precision: str):
@@ -39,6 +40,9 @@ def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     next_labels = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = next_labels != IGNORE
+    virtual = virtual_tokens_in_sequence(model)
+    if virtual:  # prompt tuning / P-tuning put virtual tokens before each row
+        keep = torch.cat([keep.new_zeros(keep.shape[0], virtual), keep], dim=1)
     kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     # use_cache=False: without a cache the model reads packed rows from position_ids.
     logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits

@@ -26,6 +26,12 @@ def resolve_precision(requested: str) -> str:
     return precision
 
 
+def quantization(cfg: Config, precision: str):
+    """The quantization config of the base (QLoRA), with the run's precision as compute dtype."""
+    method = METHODS.get(cfg.method.name)
+    return method.quantization(cfg.method, hardware.DTYPES[precision]) if method.quantization else None
+
+
 def weights_dtype(requested: str, precision: str, base_frozen: bool) -> torch.dtype:
     """Frozen base weights are held in the 16-bit compute dtype (half the memory, no casts per
     step); trained weights stay fp32 so that small updates are not rounded away."""
@@ -111,6 +117,18 @@ def save_model(model, tokenizer, out: Path) -> Path:
     return target
 
 
+def lora_plus_optimizer(model, cfg: Config):
+    """LoRA+ (method.lora_plus_ratio): the B matrices learn `ratio` times faster than the A matrices;
+    None lets the Trainer build its usual AdamW."""
+    ratio = getattr(cfg.method, "lora_plus_ratio", None)
+    if not ratio:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.lr, loraplus_lr_ratio=ratio,
+                                     weight_decay=cfg.train.weight_decay)
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -139,7 +157,7 @@ def train(cfg: Config) -> RunResult:
     method = METHODS.get(cfg.method.name)
     splits = check_splits(cfg)
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision))
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
     tokenized = tokenize_splits(cfg, splits, tokenizer, task)
     train_ds, train_info = tokenized["train"]
@@ -152,13 +170,15 @@ def train(cfg: Config) -> RunResult:
         print("lmtune: zero-shot evaluation on the validation split ...", flush=True)
         metrics["zero_shot"] = task.evaluate(model, eval_ds, cfg.train.eval_batch_size, precision)
 
-    model = method.apply(model, cfg.method)
+    model = method.apply(model, cfg.method, tokenizer)
     trainable, total = trainable_summary(model)
+    weights = "4-bit" if method.quantization else str(dtype).removeprefix("torch.")
     print(f"lmtune: {cfg.method.name}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%), "
-          f"weights {str(dtype).removeprefix('torch.')}, precision {precision}", flush=True)
+          f"base weights {weights}, precision {precision}", flush=True)
 
     trainer = LmtuneTrainer(
         model=model,
+        optimizers=(lora_plus_optimizer(model, cfg), None),
         args=training_arguments(cfg, out, precision, eval_ds is not None),
         train_dataset=train_ds.remove_columns(["truncated"]),
         eval_dataset=eval_ds,
@@ -180,6 +200,7 @@ def train(cfg: Config) -> RunResult:
         "peak_memory_mb": round(hardware.peak_memory_mb(), 1),
         "trainable_params": trainable,
         "total_params": total,
+        "trainable_share": round(trainable / total, 6),
         "precision": precision,
     }
     if eval_ds is not None:

@@ -1,0 +1,176 @@
+"""Every method on the tiny Llama and GPT-2 models, for both causal-LM tasks: a few steps lower the
+loss on a fixed batch, only the intended parameters change, save -> reload gives the same outputs,
+and generation runs. Then merging, QLoRA's 4-bit base, and the combinations that are refused."""
+
+import re
+
+import pytest
+import torch
+
+from lmtune.config import load_config
+from lmtune.data.dataset import read_splits, tokenize_split
+from lmtune.data.templates import Renderer
+from lmtune.errors import ConfigError
+from lmtune.infer.generate import generate
+from lmtune.methods import METHODS
+from lmtune.model.load import load_model_and_tokenizer
+from lmtune.outputs import write_text_atomic
+from lmtune.config import config_to_yaml
+from lmtune.run_dir import load_run
+from lmtune.tasks import TASKS
+from lmtune.train.run import quantization, save_model
+
+from conftest import DATA
+
+OPTIONS = {
+    "full": [],
+    "freeze": ["method.train_last_layers=1"],
+    "lora": ["method.r=4"],
+    "dora": ["method.r=4"],
+    "qlora": ["method.r=4"],
+    "ia3": [],
+    "prompt_tuning": ["method.num_virtual_tokens=4"],
+    "p_tuning": ["method.num_virtual_tokens=4", "method.encoder_hidden_size=16"],
+    "prefix_tuning": ["method.num_virtual_tokens=4", "method.encoder_hidden_size=16"],
+    "p_tuning_v2": ["method.num_virtual_tokens=4"],
+}
+# Which parameter names each method may train (besides nothing else).
+TRAINS = {
+    "full": r".",
+    "freeze": r"(layers\.1\.|h\.1\.)",
+    "lora": r"lora_[AB]", "qlora": r"lora_[AB]", "dora": r"lora_([AB]|magnitude)",
+    "ia3": r"ia3_l",
+    "prompt_tuning": r"prompt_encoder", "p_tuning": r"prompt_encoder",
+    "prefix_tuning": r"prompt_encoder", "p_tuning_v2": r"prompt_encoder",
+}
+TASK_DATA = {
+    "label_tokens": [f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}", "data.format=classification",
+                     "data.labels=[negative, positive]", "task.name=label_tokens", "data.max_samples=4"],
+    "sft": [f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}", "data.format=instruction",
+            "task.name=sft", "data.max_samples=4", "data.max_length=64"],
+}
+
+
+def build(model_dir, method, task_name, extra=()):
+    cfg = load_config(None, [f"model.name={model_dir}", f"method.name={method}", *OPTIONS[method],
+                             *TASK_DATA[task_name], "train.precision=fp32", *extra])
+    model, tokenizer = load_model_and_tokenizer(cfg.model, torch.float32, quantization_config=quantization(cfg, "fp32"))
+    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
+    ds, _ = tokenize_split(read_splits(cfg.data, 0)["train"], cfg.data, cfg.task, tokenizer, task.encode)
+    batch = task.collator()([ds[i] for i in range(len(ds))])
+    model = METHODS.get(method).apply(model, cfg.method, tokenizer)
+    return cfg, model, tokenizer, task, batch
+
+
+def mean_loss(task, model, batch):
+    total, n = task.loss(model, batch)
+    return total / n
+
+
+@pytest.mark.parametrize("task_name", ["label_tokens", "sft"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", list(OPTIONS))
+def test_method_trains_only_its_parameters_and_reloads(tmp_path, request, method, family, task_name):
+    torch.manual_seed(0)
+    cfg, model, tokenizer, task, batch = build(request.getfixturevalue(f"tiny_{family}"), method, task_name)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(re.search(TRAINS[method], n) for n in trainable), sorted(trainable)[:5]
+    # 4-bit weights are left out: bitsandbytes repacks them for its CPU kernels on first use (same
+    # values, new layout); they are frozen and never reach the optimizer.
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.dtype != torch.uint8}
+
+    model.eval()
+    with torch.no_grad():
+        first = mean_loss(task, model, batch).item()
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(6):
+        loss = mean_loss(task, model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        last = mean_loss(task, model, batch).item()
+    assert last < first
+
+    changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(p.detach(), before[n])}
+    assert changed == trainable  # every trained tensor got a gradient, and nothing else moved
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_text_atomic(out / "config.yaml", config_to_yaml(cfg))
+    save_model(model, tokenizer, out)
+    _, reloaded, _, _ = load_run(out)
+    with torch.no_grad():
+        expected = mean_loss(task, model, batch)
+        got = mean_loss(task, reloaded, batch)
+    # QLoRA: the reloaded (inference) model multiplies with bitsandbytes' packed CPU kernel, whose
+    # rounding differs from the training kernel's by ~1e-5 relative.
+    tolerance = 1e-3 if method == "qlora" else 1e-5
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    answer = generate(reloaded, tokenizer, Renderer(tokenizer, cfg.data.template), "a fine film", max_new_tokens=3)
+    assert isinstance(answer, str)
+
+
+def test_freeze_by_name_patterns(tiny_llama):
+    _, model, _, _, _ = build(tiny_llama, "freeze", "sft", ["method.train_last_layers=0", "method.train_patterns=['model.norm.*', '*embed_tokens*']"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"model.norm.weight", "model.embed_tokens.weight"}
+    with pytest.raises(ConfigError, match=r"'\*nothing\*' matches no parameter; module names include: .*q_proj"):
+        build(tiny_llama, "freeze", "sft", ["method.train_patterns=['*nothing*']"])
+
+
+def test_qlora_base_is_really_4_bit(tiny_llama):
+    # (tiny models are 64 wide: the CPU 4-bit kernels need rows of at least one 64-value block)
+    _, model, _, _, _ = build(tiny_llama, "qlora", "sft")
+    import bitsandbytes as bnb
+
+    linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 14  # 7 projections x 2 layers
+    assert all(m.weight.dtype == torch.uint8 and m.weight.quant_state.quant_type == "nf4" for m in linear4)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "qlora"])
+def test_merge_gives_the_same_logits_as_the_adapter(tmp_path, tiny_llama, method, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.cli import main
+
+    run, merged_dir = tmp_path / "run", tmp_path / "merged"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {tiny_llama}\nmethod:\n  name: {method}\n")
+    assert main(["train", str(config), "--output-dir", str(run), *TASK_DATA["sft"], "train.max_steps=3",
+                 "train.lr=5e-2", "train.precision=fp32", "train.zero_shot_eval=false"]) == 0
+    assert main(["merge", str(run), str(merged_dir)]) == 0
+    assert "max |logit difference|" in capsys.readouterr().out
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    assert not any("lora" in n or "ia3" in n for n, _ in merged.named_parameters())
+    _, adapter_model, tokenizer, _ = load_run(run, quantized=False, dtype=torch.float32)
+    ids = torch.tensor([tokenizer("a gorgeous, witty film", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        # Tolerance: fp32 merge W + scale * B A versus the unmerged sum, a few ulps of the logits.
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapter_model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_refused_combinations(tmp_path, tiny_llama, capsys):
+    from lmtune.cli import main
+
+    with pytest.raises(ConfigError, match=r"gradient checkpointing.*train.gradient_checkpointing=false"):
+        load_config(None, ["method.name=prefix_tuning", "train.gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match=r"packed row.*data.packing=false"):
+        load_config(None, ["method.name=prompt_tuning", "data.packing=true"])
+    with pytest.raises(ConfigError, match=r"unknown method 'lorra'"):
+        load_config(None, ["method.name=lorra"])
+    with pytest.raises(ConfigError, match=r"unknown key 'method.r' for method 'full'"):
+        load_config(None, ["method.name=full", "method.r=4"])
+    with pytest.raises(ConfigError, match=r"unknown key 'method.alhpa' for method 'lora'; did you mean 'alpha'"):
+        load_config(None, ["method.alhpa=4"])
+
+    run = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {tiny_llama}\nmethod:\n  name: prompt_tuning\n  num_virtual_tokens: 2\n")
+    assert main(["train", str(config), "--output-dir", str(run), *TASK_DATA["sft"], "train.max_steps=1",
+                 "train.precision=fp32", "train.zero_shot_eval=false"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 2
+    assert "cannot be folded into weights" in capsys.readouterr().err
