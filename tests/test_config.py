@@ -81,3 +81,13 @@ def test_every_example_config_loads(path):
     assert all((ROOT / s).is_file() for s in sources)
     if cfg.data.validation:
         assert (ROOT / cfg.data.validation).is_file()
+
+
+def test_switching_the_method_on_the_command_line_drops_the_old_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: lora\n  r: 4\n  alpha: 8\n")
+    cfg = load_config(path, ["method.name=ia3"])
+    assert cfg.method.name == "ia3"
+    cfg = load_config(path, ["method.name=dora", "method.alpha=2"])
+    assert cfg.method.name == "dora" and cfg.method.r == 8 and cfg.method.alpha == 2
+    assert load_config(path, ["method.name=lora"]).method.r == 4  # same method: the file's options stay

@@ -249,6 +249,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{p}: the top level must be a mapping of sections (model, method, data, ...)")
         # Relative data paths in a config file are relative to the directory the command runs in,
         # as in every example; nothing is rewritten here.
+    switch = [parse_override_value(o.split("=", 1)[1]) for o in overrides if o.split("=", 1)[0].strip() == "method.name"]
+    if switch and isinstance(raw.get("method"), dict) and raw["method"].get("name", "lora") != switch[-1]:
+        # Switching the method on the command line starts the new method from its own defaults:
+        # the file's options belong to the method it named (LoRA's r means nothing to full).
+        raw["method"] = {}
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source)

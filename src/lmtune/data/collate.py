@@ -10,15 +10,10 @@ from lmtune.data.tokenize import IGNORE
 
 
 class PadCollator:
-    """Pads to the longest row of the batch (never to a fixed length).
+    """Pads on the right to the longest row of the batch (never to a fixed length)."""
 
-    Left padding (generation) also gets position_ids that start at 0 on the first real token, so
-    that models with absolute positions (GPT-2) see the same positions as unpadded.
-    """
-
-    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+    def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
-        self.padding_side = padding_side
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -34,14 +29,13 @@ class PadCollator:
             if has_labels:
                 batch["labels"].append(self._pad(list(r["labels"]), pad, IGNORE))
         out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-        if self.padding_side == "left":
-            out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         if "label" in rows[0]:
             out["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return out
 
-    def _pad(self, values: list[int], pad: int, fill: int) -> list[int]:
-        return [fill] * pad + values if self.padding_side == "left" else values + [fill] * pad
+    @staticmethod
+    def _pad(values: list[int], pad: int, fill: int) -> list[int]:
+        return values + [fill] * pad
 
 
 class PackCollator:

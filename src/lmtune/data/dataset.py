@@ -109,9 +109,11 @@ def read_mix(cfg: DataConfig, seed: int) -> Split:
 
 def read_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
     """train (and validation, from its own source or carved from train by val_size), capped by
-    max_samples / max_eval_samples."""
+    max_samples / max_eval_samples. A streamed train split holds no examples: it is read later."""
     if cfg.mix:
         train = read_mix(cfg, seed)
+    elif cfg.train and cfg.streaming:
+        train = Split("train", cfg.train, [])  # read lazily by stream_split, as training consumes it
     elif cfg.train:
         train = Split("train", cfg.train, *load_examples(cfg.train, cfg))
     else:

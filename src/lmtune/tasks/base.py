@@ -52,7 +52,6 @@ def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 class Task:
     """Base class. A task encodes examples, computes its training loss and its metrics."""
 
-    padding_side = "right"
     metric_for_summary = "loss"
 
     def __init__(self, cfg: Config, tokenizer, renderer: Renderer):
@@ -64,7 +63,7 @@ class Task:
         """Padding to the longest row, or (training with data.packing) one padding-free row."""
         if packing:
             return PackCollator()
-        return PadCollator(self.tokenizer.pad_token_id, self.padding_side)
+        return PadCollator(self.tokenizer.pad_token_id)
 
     def encode(self, batch: dict[str, list]) -> dict[str, list]:
         """A batched datasets.map function: messages (and label) -> input_ids, labels, truncated."""

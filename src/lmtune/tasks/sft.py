@@ -17,7 +17,6 @@ from lmtune.tasks.base import Task, autocast, model_device, target_logits
 
 @TASKS.register("sft")
 class SftTask(Task):
-    padding_side = "right"
     metric_for_summary = "loss"
 
     def encode(self, batch):

@@ -9,7 +9,7 @@ import torch
 
 from lmtune import hardware
 from lmtune.config import Config, config_to_yaml
-from lmtune.data.dataset import Split, load_examples, read_splits, sample, stream_split, tokenize_split
+from lmtune.data.dataset import read_splits, stream_split, tokenize_split
 from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.methods import METHODS, trainable_summary
@@ -49,20 +49,6 @@ def tokenize_splits(cfg: Config, splits: dict, tokenizer, task) -> dict:
         else:
             out[name] = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
     return out
-
-
-def check_splits(cfg: Config) -> dict:
-    """Read and check the data before anything slow happens; a stream is checked as it is read."""
-    if cfg.data.streaming:
-        if not cfg.data.train:
-            raise ConfigError("data.streaming needs data.train")
-        splits = {"train": None}
-        if cfg.data.validation:
-            examples, skipped = load_examples(cfg.data.validation, cfg.data)
-            examples = sample(examples, cfg.data.max_eval_samples, cfg.train.seed)
-            splits["validation"] = Split("validation", cfg.data.validation, examples, skipped)
-        return splits
-    return read_splits(cfg.data, cfg.train.seed)
 
 
 def training_arguments(cfg: Config, out: Path, precision: str, has_eval: bool):
@@ -155,7 +141,7 @@ def train(cfg: Config) -> RunResult:
 
     precision = resolve_precision(cfg.train.precision)
     method = METHODS.get(cfg.method.name)
-    splits = check_splits(cfg)
+    splits = read_splits(cfg.data, cfg.train.seed)
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision))
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
