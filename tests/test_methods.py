@@ -174,3 +174,18 @@ def test_refused_combinations(tmp_path, tiny_llama, capsys):
     capsys.readouterr()
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 2
     assert "cannot be folded into weights" in capsys.readouterr().err
+
+
+def test_qlora_layers_still_pass_gradients_after_an_evaluation(tiny_llama):
+    """bitsandbytes repacks 4-bit weights for inference after an eval-mode pass on AVX512-BF16
+    CPUs, and its packed matmul passes no gradient to its input; a model loaded to train (the
+    zero-shot evaluation runs before training) must keep the trainable layout."""
+    cfg = load_config(None, [f"model.name={tiny_llama}", "method.name=qlora", *TASK_DATA["sft"]])
+    model, _ = load_model_and_tokenizer(cfg.model, torch.float32, quantization_config=quantization(cfg, "bf16"))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+    layer = model.model.layers[0].mlp.down_proj
+    x = torch.randn(2, 128, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).float().sum(), x, allow_unused=True)
+    assert grad is not None and grad.abs().sum() > 0
