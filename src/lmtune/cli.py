@@ -40,15 +40,65 @@ def cmd_eval(args) -> None:
         write_text_atomic(args.output, text + "\n")
 
 
-def cmd_generate(args) -> None:
-    from lmtune.data.templates import Renderer
-    from lmtune.infer.generate import generate
-    from lmtune.run_dir import load_run
+def sampling_params(args):
+    from lmtune.infer.engine import SamplingParams
 
-    cfg, model, tokenizer, precision = load_run(args.run_dir)
-    renderer = Renderer(tokenizer, cfg.data.template)
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def cmd_generate(args) -> None:
+    from lmtune.errors import ConfigError
+    from lmtune.infer.generate import chat_messages, generate_file
+
+    if (args.prompt is None) == (args.input is None):
+        raise ConfigError("give a prompt, or --input prompts.jsonl with --output answers.jsonl")
+    if args.input and not args.output:
+        raise ConfigError("--input needs --output answers.jsonl")
+    from lmtune.infer.load import load_engine
+
+    cfg, engine = load_engine(args.run_dir)
     system = args.system if args.system is not None else cfg.data.system_prompt
-    print(generate(model, tokenizer, renderer, args.prompt, system, args.max_new_tokens, args.temperature, precision))
+    params = sampling_params(args)
+    if args.input:
+        count = generate_file(engine, args.input, args.output, params, system, args.batch_size)
+        print(f"lmtune: {count} answers written to {args.output}")
+    else:
+        print(engine.generate([engine.prompt_ids(chat_messages(args.prompt, system))], params)[0].text.strip())
+
+
+def cmd_chat(args) -> None:
+    from lmtune.infer.chat import chat
+    from lmtune.infer.load import load_engine
+
+    cfg, engine = load_engine(args.run_dir)
+    system = args.system if args.system is not None else cfg.data.system_prompt
+    chat(engine, sampling_params(args), system)
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from lmtune.errors import ConfigError
+    from lmtune.infer.load import load_engines
+    from lmtune.infer.serve import build_app
+
+    if not args.run_dirs and not args.base:
+        raise ConfigError("give one or more run directories, or --base MODEL")
+    engines = load_engines(args.run_dirs, args.base)
+    print(f"lmtune: serving {', '.join(engines)} on http://{args.host}:{args.port}/v1"
+          + (" (API key required)" if args.api_key else ""), flush=True)
+    uvicorn.run(build_app(engines, args.api_key), host=args.host, port=args.port, log_level="warning")
+
+
+def add_sampling_options(p) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system", help="system prompt (default: the run's data.system_prompt)")
 
 
 def cmd_merge(args) -> None:
@@ -81,13 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the JSON report to this file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="answer a prompt with a saved run")
+    p = sub.add_parser("generate", help="answer a prompt, or a JSONL file of prompts, with a saved run")
     p.add_argument("run_dir")
-    p.add_argument("prompt")
-    p.add_argument("--system", help="system prompt (default: the run's data.system_prompt)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("prompt", nargs="?")
+    p.add_argument("--input", help="JSONL of {\"prompt\": ...} or {\"messages\": [...]} rows")
+    p.add_argument("--output", help="JSONL written with each input row and its \"output\"")
+    p.add_argument("--batch-size", type=int, default=8)
+    add_sampling_options(p)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("chat", help="an interactive chat with a saved run (/reset, /exit)")
+    p.add_argument("run_dir")
+    add_sampling_options(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API over runs (and/or a base model)")
+    p.add_argument("run_dirs", nargs="*", help="run directories; each is a model id (its folder name)")
+    p.add_argument("--base", help="also serve this base model (alias, directory or hub id)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("LMTUNE_API_KEY"), help="require 'Authorization: Bearer KEY' (or set LMTUNE_API_KEY)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into the base and write a plain model")
     p.add_argument("run_dir")
     p.add_argument("out_dir", help="a new (or empty) directory")

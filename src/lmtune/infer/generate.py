@@ -1,28 +1,59 @@
-"""`lmtune generate`: answer a prompt with a trained run, rendered as in training."""
+"""`lmtune generate`: answer one prompt, or a JSONL file of prompts in batches."""
 
 from __future__ import annotations
 
-import torch
+import json
+from pathlib import Path
 
 from lmtune.data.templates import Renderer
-from lmtune.data.tokenize import bos_prefix
-from lmtune.tasks.base import autocast, model_device
+from lmtune.errors import DataError
+from lmtune.infer.engine import Engine, SamplingParams
+from lmtune.outputs import write_text_atomic
+
+
+def chat_messages(prompt: str, system: str | None = None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
 def generate(model, tokenizer, renderer: Renderer, prompt: str, system: str | None = None,
              max_new_tokens: int = 128, temperature: float = 0.0, precision: str = "fp32") -> str:
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    ids = bos_prefix(tokenizer, renderer) + tokenizer(renderer.prompt(messages), add_special_tokens=False)["input_ids"]
-    device = model_device(model)
-    input_ids = torch.tensor([ids], device=device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    with torch.inference_mode(), autocast(device, precision):
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **sampling,
-        )
-    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    """One answer, the prompt rendered as in training."""
+    engine = Engine(model, tokenizer, renderer, precision)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    return engine.generate([engine.prompt_ids(chat_messages(prompt, system))], params)[0].text.strip()
+
+
+def read_prompts(path: str | Path, system: str | None) -> list[tuple[dict, list[dict]]]:
+    """(row, messages) for each line of a JSONL file of {"prompt": ...} or {"messages": [...]}."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                rows.append((row, chat_messages(row["prompt"], system)))
+            elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
+                rows.append((row, row["messages"]))
+            else:
+                raise DataError(f"{path}:{number}: expected {{\"prompt\": \"...\"}} or {{\"messages\": [...]}}")
+    return rows
+
+
+def generate_file(engine: Engine, input_path: str, output_path: str, params: SamplingParams,
+                  system: str | None = None, batch_size: int = 8) -> int:
+    """Answers for every prompt of a JSONL file, batched by length, written in input order."""
+    rows = read_prompts(input_path, system)
+    prompts = [engine.prompt_ids(messages) for _, messages in rows]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, completion in zip(chunk, engine.generate([prompts[i] for i in chunk], params)):
+            answers[i] = completion.text.strip()
+    lines = [json.dumps({**row, "output": answers[i]}, ensure_ascii=False) for i, (row, _) in enumerate(rows)]
+    write_text_atomic(output_path, "".join(line + "\n" for line in lines))
+    return len(lines)

@@ -1,0 +1,144 @@
+"""Text generation for a loaded run: prompts rendered exactly as in training, batched with left
+padding, greedy or sampled, streamed, cut at stop strings. One lock serialises the model, so
+concurrent callers (the server) never interleave inside it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+
+from lmtune.data.templates import Renderer
+from lmtune.data.tokenize import bos_prefix
+from lmtune.tasks.base import autocast, model_device
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+    stop: list[str] = field(default_factory=list)
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+class Engine:
+    def __init__(self, model, tokenizer, renderer: Renderer, precision: str = "fp32",
+                 adapter: Optional[str] = None, lock: Optional[threading.Lock] = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.renderer = renderer
+        self.precision = precision
+        self.adapter = adapter  # a named peft adapter on a base shared with other engines
+        self.lock = lock or threading.Lock()  # shared by the engines of one model object
+
+    def _select(self) -> None:
+        """Under the lock: make this engine's adapter the active one of the shared model."""
+        if self.adapter is not None:
+            self.model.set_adapter(self.adapter)
+
+    def prompt_ids(self, messages: list[dict] | None = None, text: str | None = None) -> list[int]:
+        """Token ids of a chat prompt (rendered with the run's template, generation prompt added)
+        or of raw text (completions)."""
+        rendered = text if messages is None else self.renderer.prompt(messages)
+        return bos_prefix(self.tokenizer, self.renderer) + self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Batched generation with left padding; greedy results equal one-by-one generation."""
+        device = model_device(self.model)
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        with self.lock, torch.inference_mode(), autocast(device, self.precision):
+            self._select()
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                **self._stop_kwargs(params), **params.generate_kwargs(),
+            )
+        return [self._completion(prompt, row[width:].tolist(), params) for prompt, row in zip(prompts, out)]
+
+    def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
+        """Text pieces as they are generated (the model runs in a thread; the lock is held throughout)."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        device = model_device(self.model)
+        ids = torch.tensor([prompt], device=device)
+
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                with torch.inference_mode(), autocast(device, self.precision):
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                                        **self._stop_kwargs(params), **params.generate_kwargs())
+            except BaseException as e:  # surfaced in the caller's thread below
+                failure.append(e)
+                streamer.end()
+
+        with self.lock:
+            self._select()
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            emitted = ""
+            for piece in streamer:
+                emitted += piece
+                cut = _first_stop(emitted, params.stop)
+                if cut is not None:  # the stop string itself is never sent
+                    remaining = emitted[:cut][len(emitted) - len(piece):]
+                    if remaining:
+                        yield remaining
+                    for _ in streamer:  # let generation finish (it stops at the stop string itself)
+                        pass
+                    break
+                yield piece
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def _stop_kwargs(self, params: SamplingParams) -> dict:
+        return {"stop_strings": params.stop, "tokenizer": self.tokenizer} if params.stop else {}
+
+    def _completion(self, prompt: list[int], new: list[int], params: SamplingParams) -> Completion:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        ended = eos in new
+        if ended:
+            new = new[: new.index(eos)]
+        while new and new[-1] == pad and pad != eos:
+            new = new[:-1]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        cut = _first_stop(text, params.stop)
+        if cut is not None:
+            text, ended = text[:cut], True
+        return Completion(text, len(prompt), len(new), "stop" if ended else "length")
+
+
+def _first_stop(text: str, stops: list[str]) -> Optional[int]:
+    found = [text.find(s) for s in stops if s and s in text]
+    return min(found) if found else None

@@ -1,0 +1,164 @@
+"""`lmtune serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) over one or more runs.
+
+/v1/models, /v1/chat/completions and /v1/completions, plain or streamed (server-sent events),
+with usage counts and stop sequences. Requests are served concurrently; each model's engine holds
+a lock, so generations never interleave inside a model. Errors come in OpenAI's JSON shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmtune.infer.engine import Engine, SamplingParams
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: Union[str, list[dict[str, Any]], None] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # [{"type": "text", "text": ...}, ...]
+            return "".join(part.get("text", "") for part in self.content if isinstance(part, dict))
+        return self.content or ""
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    max_tokens: Optional[int] = Field(None, gt=0)
+    max_completion_tokens: Optional[int] = Field(None, gt=0)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+
+    def params(self) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(max_new_tokens=self.max_completion_tokens or self.max_tokens or 256,
+                              temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=stop)
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(..., min_length=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: Union[str, list[str]]
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", code: Optional[str] = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="lmtune")
+    created = int(time.time())
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+            return error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid body"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "lmtune"} for m in engines]}
+
+    def engine_for(name: str):
+        return engines.get(name)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        engine = engine_for(body.model)
+        if engine is None:
+            return error(404, f"The model {body.model!r} does not exist; GET /v1/models lists them.", code="model_not_found")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            prompt = engine.prompt_ids(messages)
+        except Exception as e:  # a template that cannot render these roles
+            return error(400, f"messages: {e}")
+        params = body.params()
+        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            def events():
+                def chunk(delta, finish=None):
+                    return {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": body.model,
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                yield _sse(chunk({"role": "assistant", "content": ""}))
+                for piece in engine.stream(prompt, params):
+                    yield _sse(chunk({"content": piece}))
+                yield _sse(chunk({}, "stop"))
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        done = (await run_in_threadpool(engine.generate, [prompt], params))[0]
+        return {
+            "id": ident, "object": "chat.completion", "created": int(time.time()), "model": body.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": done.finish_reason}],
+            "usage": _usage(done.prompt_tokens, done.completion_tokens),
+        }
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        engine = engine_for(body.model)
+        if engine is None:
+            return error(404, f"The model {body.model!r} does not exist; GET /v1/models lists them.", code="model_not_found")
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not texts:
+            return error(400, "prompt: give a string or a non-empty list of strings")
+        prompts = [engine.prompt_ids(text=t) for t in texts]
+        params = body.params()
+        ident = f"cmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            if len(prompts) != 1:
+                return error(400, "stream: one prompt at a time")
+
+            def events():
+                for piece in engine.stream(prompts[0], params):
+                    yield _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
+                                "choices": [{"index": 0, "text": piece, "finish_reason": None}]})
+                yield _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
+                            "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        done = await run_in_threadpool(engine.generate, prompts, params)
+        return {
+            "id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
+            "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(done)],
+            "usage": _usage(sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done)),
+        }
+
+    return app
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,179 @@
+"""Generation, chat and the OpenAI-compatible server on a tiny trained run."""
+
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lmtune.config import load_config
+from lmtune.infer.chat import chat
+from lmtune.infer.engine import SamplingParams
+from lmtune.infer.load import load_engine, load_engines
+from lmtune.train.run import train
+
+from conftest import DATA, write_jsonl
+
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_llama):
+    out = tmp_path_factory.mktemp("infer") / "run"
+    train(load_config(None, [
+        f"model.name={tiny_llama}", f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
+        "data.format=instruction", "task.name=sft", "data.max_samples=16", "data.max_length=64",
+        "train.max_steps=2", "train.precision=fp32", "train.zero_shot_eval=false", f"output.dir={out}"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(run_dir):
+    return load_engine(run_dir)[1]
+
+
+def test_batched_greedy_generation_equals_one_by_one(engine):
+    prompts = [engine.prompt_ids([{"role": "user", "content": text}]) for text in ("hi", "a much longer question about films", "ok")]
+    params = SamplingParams(max_new_tokens=8)
+    batched = engine.generate(prompts, params)
+    alone = [engine.generate([p], params)[0] for p in prompts]
+    assert [c.text for c in batched] == [c.text for c in alone]
+    assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in alone]
+    assert all(c.prompt_tokens == len(p) for c, p in zip(batched, prompts))
+
+
+def test_sampling_with_a_seed_is_repeatable(engine):
+    prompt = [engine.prompt_ids([{"role": "user", "content": "tell me"}])]
+    params = SamplingParams(max_new_tokens=8, temperature=1.5, top_p=0.9, top_k=50, seed=3)
+    assert engine.generate(prompt, params)[0].text == engine.generate(prompt, params)[0].text
+
+
+def test_generate_file_through_the_cli(run_dir, tmp_path, capsys):
+    from lmtune.cli import main
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi", "id": 1},
+                                                  {"messages": [{"role": "user", "content": "yo"}], "id": 2}])
+    assert main(["generate", str(run_dir), "--input", str(prompts), "--output", str(tmp_path / "a.jsonl"),
+                 "--max-new-tokens", "4", "--batch-size", "2"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [1, 2] and all(isinstance(r["output"], str) for r in rows)
+    assert main(["generate", str(run_dir), "--input", str(prompts)]) == 2
+    assert "--input needs --output" in capsys.readouterr().err
+
+
+def test_chat_keeps_history_and_resets(engine):
+    out = io.StringIO()
+    chat(engine, SamplingParams(max_new_tokens=4), system="Be brief.", stdin=io.StringIO("hello\nmore\n/reset\nhi\n/exit\n"), stdout=out)
+    text = out.getvalue()
+    assert text.count("assistant> ") == 3 and "(conversation cleared)" in text
+
+
+# ---- the server ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    import uvicorn
+
+    from lmtune.infer.serve import build_app
+
+    engines = load_engines([str(run_dir)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(build_app(engines, KEY), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1", run_dir.name, engines[run_dir.name]
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def client(base_url, key=KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
+
+
+def test_models_and_plain_chat(server):
+    url, model, engine = server
+    c = client(url)
+    assert [m.id for m in c.models.list().data] == [model]
+    reply = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0)
+    expected = engine.generate([engine.prompt_ids([{"role": "user", "content": "hi"}])], SamplingParams(max_new_tokens=6))[0]
+    assert reply.choices[0].message.content == expected.text
+    assert reply.usage.prompt_tokens == expected.prompt_tokens and reply.usage.completion_tokens == expected.completion_tokens
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streamed_chat_equals_the_plain_answer(server):
+    url, model, _ = server
+    c = client(url)
+    messages = [{"role": "user", "content": "tell me about films"}]
+    plain = c.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0).choices[0].message.content
+    pieces = [ch.choices[0].delta.content or "" for ch in
+              c.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, stream=True)]
+    assert "".join(pieces) == plain
+
+
+def test_completions_and_stop_sequences(server):
+    url, model, engine = server
+    c = client(url)
+    full = c.completions.create(model=model, prompt="The film", max_tokens=8, temperature=0).choices[0].text
+    assert full == engine.generate([engine.prompt_ids(text="The film")], SamplingParams(max_new_tokens=8))[0].text
+    assert len(full.strip()) > 2  # the tiny run repeats a word; the stop string below is inside it
+    stop = full.strip()[1:3]
+    cut = c.completions.create(model=model, prompt="The film", max_tokens=8, temperature=0, stop=[stop]).choices[0]
+    assert stop not in cut.text and full.startswith(cut.text) and cut.finish_reason == "stop"
+
+
+def test_sixteen_concurrent_requests_do_not_mix(server):
+    url, model, _ = server
+    c = client(url)
+    questions = [f"question number {i}" for i in range(16)]
+
+    def ask(q):
+        return c.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], max_tokens=5, temperature=0).choices[0].message.content
+
+    sequential = [ask(q) for q in questions]
+    with ThreadPoolExecutor(16) as pool:
+        concurrent = list(pool.map(ask, questions))
+    assert concurrent == sequential
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_bad_requests_get_openai_errors(server):
+    import openai
+
+    url, model, _ = server
+    with pytest.raises(openai.AuthenticationError):
+        client(url, "wrong").models.list()
+    with pytest.raises(openai.NotFoundError) as e:
+        client(url).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert "does not exist" in str(e.value)
+    status, body = post(f"{url}/chat/completions", b"{not json")
+    assert status == 400 and "message" in body["error"]
+    status, body = post(f"{url}/chat/completions", json.dumps({"model": model, "messages": []}).encode())
+    assert status == 400 and "messages" in body["error"]["message"]
+    status, body = post(f"{url}/chat/completions", json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "x"}], "temperature": 9}).encode())
+    assert status == 400 and "temperature" in body["error"]["message"]
+    # the server is still fine
+    assert client(url).models.list().data[0].id == model
