@@ -177,3 +177,56 @@ def test_bad_requests_get_openai_errors(server):
     assert status == 400 and "temperature" in body["error"]["message"]
     # the server is still fine
     assert client(url).models.list().data[0].id == model
+
+
+# ---- evaluation reports and export -------------------------------------------------------------
+
+def test_rouge_l_and_exact_match():
+    from lmtune.eval.text_metrics import exact_match, rouge_l
+
+    assert exact_match(" The  Cat ", "the cat") == 1.0 and exact_match("a cat", "the cat") == 0.0
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    # LCS of "the cat was on a mat" and "the cat sat on the mat" is "the cat on mat": 4 of 6 each way
+    assert rouge_l("the cat was on a mat", "the cat sat on the mat") == pytest.approx(4 / 6)
+    assert rouge_l("dog", "the cat") == 0.0
+
+
+def test_sft_eval_writes_generations_beside_references(run_dir, tmp_path, capsys):
+    from lmtune.cli import main
+
+    data = write_jsonl(tmp_path / "v.jsonl", [{"instruction": f"Say {w}", "output": w} for w in ("yes", "no", "maybe")])
+    assert main(["eval", str(run_dir), "--data", str(data), "--generations", str(tmp_path / "g.jsonl"),
+                 "--max-new-tokens", "4", "--output", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = [json.loads(l) for l in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert report["rows"] == 3 and report["generation"]["rows"] == 3 and {"loss", "perplexity"} <= set(report)
+    assert [r["reference"] for r in rows] == ["yes", "no", "maybe"] and rows[0]["prompt"] == "Say yes"
+    assert report["generation"]["rouge_l"] == pytest.approx(sum(r["rouge_l"] for r in rows) / 3)
+
+
+def test_export_writes_a_self_contained_model_with_a_card(run_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmtune.cli import main
+
+    out = tmp_path / "exported"
+    assert main(["export", str(run_dir), str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "Base model" in card and "`lora`" in card and "alpaca_en_demo.json" in card
+    assert (out / "generation_config.json").is_file() and list(out.glob("*.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    _, adapter_model, _, _ = load_run_fp32(run_dir)
+    ids = torch.tensor([tokenizer("a fine film", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, adapter_model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    assert main(["export", str(run_dir), str(out)]) == 2  # never over an existing export
+
+
+def load_run_fp32(run_dir):
+    import torch
+
+    from lmtune.run_dir import load_run
+
+    return load_run(run_dir, dtype=torch.float32)

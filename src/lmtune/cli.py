@@ -31,7 +31,7 @@ def cmd_data(args) -> None:
 def cmd_eval(args) -> None:
     from lmtune.eval.evaluate import evaluate_run
 
-    report = evaluate_run(args.run_dir, args.data)
+    report = evaluate_run(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
@@ -109,6 +109,13 @@ def cmd_merge(args) -> None:
           f"max |logit difference| to the adapter model: {report['max_abs_logit_diff']:.2e}")
 
 
+def cmd_export(args) -> None:
+    from lmtune.export.export import export_run
+
+    out = export_run(args.run_dir, args.out_dir, args.dtype)
+    print(f"lmtune: exported a self-contained model to {out} (weights, tokenizer, generation config, README.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description="Fine-tune language models from a YAML config.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="a data file in the run's format (default: the run's validation file)")
     p.add_argument("--output", help="also write the JSON report to this file")
+    p.add_argument("--generations", help="sft: write the generated answers beside the references (JSONL)")
+    p.add_argument("--max-generations", type=int, default=50, help="sft: answer this many rows (0: none)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="answer a prompt, or a JSONL file of prompts, with a saved run")
@@ -157,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="a new (or empty) directory")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the written weights")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("export", help="write a self-contained model directory with a model card")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir", help="a new (or empty) directory")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of merged weights")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

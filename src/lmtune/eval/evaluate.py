@@ -1,20 +1,27 @@
-"""`lmtune eval`: the task's metrics of a saved run on its validation split or on any file."""
+"""`lmtune eval`: the task's metrics of a saved run on its validation split or on any file, and
+for SFT, generations beside the references with exact match and ROUGE-L."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 from lmtune.data.dataset import Split, load_examples, read_splits, tokenize_split
 from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
+from lmtune.eval.text_metrics import exact_match, rouge_l
+from lmtune.infer.engine import Engine, SamplingParams
+from lmtune.outputs import write_text_atomic
 from lmtune.run_dir import load_run
 from lmtune.tasks import TASKS
 
 
-def evaluate_run(run_dir: str | Path, data: Optional[str] = None) -> dict:
+def evaluate_run(run_dir: str | Path, data: Optional[str] = None, generations: Optional[str] = None,
+                 max_generations: int = 50, max_new_tokens: int = 256) -> dict:
     cfg, model, tokenizer, precision = load_run(run_dir)
-    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
+    renderer = Renderer(tokenizer, cfg.data.template)
+    task = TASKS.get(cfg.task.name)(cfg, tokenizer, renderer)
     if data:
         examples, skipped = load_examples(data, cfg.data)
         split = Split("eval", data, examples, skipped)
@@ -23,5 +30,44 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None) -> dict:
     else:
         raise ConfigError(f"{run_dir}: the run has no validation data; pass --data FILE")
     dataset, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
-    metrics = task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)
-    return {"data": split.source, "rows": info.rows, **metrics}
+    report = {"data": split.source, "rows": info.rows, **task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)}
+    pairs = reference_pairs(split) if cfg.task.name == "sft" else []
+    if pairs and max_generations > 0:
+        engine = Engine(model, tokenizer, renderer, precision)
+        rows = generate_answers(engine, pairs[:max_generations], max_new_tokens)
+        report["generation"] = {
+            "rows": len(rows),
+            "exact_match": sum(r["exact_match"] for r in rows) / len(rows),
+            "rouge_l": sum(r["rouge_l"] for r in rows) / len(rows),
+        }
+        if generations:
+            write_text_atomic(generations, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return report
+
+
+def reference_pairs(split: Split) -> list[tuple[list[dict], str]]:
+    """(the conversation up to its last assistant turn, that turn's text) for each example with
+    one; raw text and completion rows have no chat reference."""
+    pairs = []
+    for ex in split.examples:
+        messages = ex["messages"]
+        if messages and messages[-1]["role"] == "assistant":
+            pairs.append((messages[:-1], messages[-1]["content"]))
+    return pairs
+
+
+def generate_answers(engine: Engine, pairs: list[tuple[list[dict], str]], max_new_tokens: int, batch_size: int = 8) -> list[dict]:
+    """Greedy answers, batched by prompt length, returned in the order of the pairs."""
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    prompts = [engine.prompt_ids(messages) for messages, _ in pairs]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, done in zip(chunk, engine.generate([prompts[i] for i in chunk], params)):
+            answers[i] = done.text.strip()
+    return [
+        {"prompt": messages[-1]["content"], "reference": reference, "generation": answers[i],
+         "exact_match": exact_match(answers[i], reference), "rouge_l": rouge_l(answers[i], reference)}
+        for i, (messages, reference) in enumerate(pairs)
+    ]

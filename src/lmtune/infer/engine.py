@@ -76,7 +76,7 @@ class Engine:
                 torch.manual_seed(params.seed)
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=mask, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-                **self._stop_kwargs(params), **params.generate_kwargs(),
+                **self._kwargs(params, width),
             )
         return [self._completion(prompt, row[width:].tolist(), params) for prompt, row in zip(prompts, out)]
 
@@ -97,7 +97,7 @@ class Engine:
                         torch.manual_seed(params.seed)
                     self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                                         pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                                        **self._stop_kwargs(params), **params.generate_kwargs())
+                                        **self._kwargs(params, len(prompt)))
             except BaseException as e:  # surfaced in the caller's thread below
                 failure.append(e)
                 streamer.end()
@@ -121,6 +121,16 @@ class Engine:
             worker.join()
         if failure:
             raise failure[0]
+
+    def _kwargs(self, params: SamplingParams, prompt_length: int) -> dict:
+        """generate() arguments, with max_new_tokens capped so that prompt + answer stay within
+        the model's positions (GPT-2 has 1,024; past them its position embedding fails)."""
+        kwargs = {**self._stop_kwargs(params), **params.generate_kwargs()}
+        config = getattr(self.model, "config", None)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit:
+            kwargs["max_new_tokens"] = max(1, min(kwargs["max_new_tokens"], limit - prompt_length))
+        return kwargs
 
     def _stop_kwargs(self, params: SamplingParams) -> dict:
         return {"stop_strings": params.stop, "tokenizer": self.tokenizer} if params.stop else {}

@@ -1,0 +1,70 @@
+"""`lmtune export`: a self-contained model directory — safetensors weights (adapters merged),
+tokenizer, generation config, and a model card saying base model, method, data and metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from lmtune import __version__
+from lmtune.config import load_config
+from lmtune.errors import ConfigError
+from lmtune.export.merge import merge_run
+from lmtune.methods import METHODS
+from lmtune.outputs import prepare_output_dir, write_text_atomic
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run}: not an lmtune run directory (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    method = METHODS.get(cfg.method.name)
+    if method.merge == "yes":
+        merge_run(run, out, dtype)
+    elif method.merge == "plain":
+        prepare_output_dir(out, overwrite=False)
+        out.rmdir()
+        shutil.copytree(run / "model", out)
+    else:
+        raise ConfigError(f"{run}: {cfg.method.name} learns virtual tokens, which a plain model cannot hold; "
+                          "serve or share the run directory itself")
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    write_text_atomic(out / "README.md", model_card(cfg, metrics))
+    return out
+
+
+def model_card(cfg, metrics: dict) -> str:
+    final = metrics.get("final", {})
+    zero = metrics.get("zero_shot", {})
+    train = metrics.get("train", {})
+    rows = "\n".join(f"| {k} | {zero.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in final.items())
+    data = cfg.data.train or ", ".join(f"{m.path} (weight {m.weight})" for m in cfg.data.mix or [])
+    return f"""# Fine-tuned {cfg.model.name}
+
+Made with lmtune {__version__}: `{cfg.method.name}` fine-tuning of `{cfg.model.name}` for the
+`{cfg.task.name}` task.
+
+- Base model: `{cfg.model.name}`
+- Method: `{cfg.method.name}` ({json.dumps(cfg.method.model_dump(mode="json"))}); adapters are merged into these weights
+- Training data: `{data}` (format `{cfg.data.format}`), validation: `{cfg.data.validation or cfg.data.val_size or "none"}`
+- Training: {train.get("steps", "?")} steps, {train.get("samples", "?")} samples, {train.get("tokens", "?")} tokens,
+  precision {train.get("precision", "?")}, learning rate {cfg.train.lr}
+
+## Metrics (validation split)
+
+| metric | before training | after training |
+| --- | ---: | ---: |
+{rows or "| (none recorded) | | |"}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+```
+Prompts were rendered with the tokenizer's chat template{' and the system prompt ' + repr(cfg.data.system_prompt) if cfg.data.system_prompt else ''}
+(template mode `{cfg.data.template}`).
+"""
