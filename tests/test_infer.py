@@ -62,6 +62,9 @@ def test_generate_file_through_the_cli(run_dir, tmp_path, capsys):
     assert [r["id"] for r in rows] == [1, 2] and all(isinstance(r["output"], str) for r in rows)
     assert main(["generate", str(run_dir), "--input", str(prompts)]) == 2
     assert "--input needs --output" in capsys.readouterr().err
+    before = (tmp_path / "a.jsonl").read_text()
+    assert main(["generate", str(run_dir), "--input", str(prompts), "--output", str(tmp_path / "a.jsonl")]) == 2
+    assert "exists" in capsys.readouterr().err and (tmp_path / "a.jsonl").read_text() == before
 
 
 def test_chat_keeps_history_and_resets(engine):
@@ -230,3 +233,28 @@ def load_run_fp32(run_dir):
     from lmtune.run_dir import load_run
 
     return load_run(run_dir, dtype=torch.float32)
+
+
+def test_adapters_on_one_base_share_it_and_answer_like_their_own_runs(run_dir, tmp_path, tiny_llama):
+    other = tmp_path / "other"
+    train(load_config(None, [
+        f"model.name={tiny_llama}", f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
+        "data.format=instruction", "task.name=sft", "data.max_samples=16", "data.max_length=64", "train.lr=3e-2",
+        "train.max_steps=3", "train.precision=fp32", "train.zero_shot_eval=false", f"output.dir={other}"]))
+    engines = load_engines([str(run_dir), str(other)], base=str(tiny_llama))
+    first, second = engines[run_dir.name], engines["other"]
+    assert first.model is second.model and first.lock is second.lock  # one copy of the base
+    assert engines[str(tiny_llama)].model is not first.model  # --base: its own plain model, id as given
+    import torch
+
+    ids = torch.tensor([first.prompt_ids([{"role": "user", "content": "hello there"}])])
+
+    def logits(engine):
+        with engine.lock, torch.no_grad():
+            engine._select()
+            return engine.model(input_ids=ids).logits
+
+    own_first, own_second = (load_engine(path)[1].model(input_ids=ids).logits.detach() for path in (run_dir, other))
+    assert not torch.allclose(own_first, own_second, atol=1e-3)  # the two adapters really differ
+    for engine, own in ((first, own_first), (second, own_second), (first, own_first)):  # switching back and forth
+        torch.testing.assert_close(logits(engine), own, rtol=1e-5, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -30,7 +31,9 @@ def cmd_data(args) -> None:
 
 def cmd_eval(args) -> None:
     from lmtune.eval.evaluate import evaluate_run
+    from lmtune.outputs import refuse_existing
 
+    refuse_existing(args.output, args.generations)
     report = evaluate_run(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens)
     text = json.dumps(report, indent=2)
     print(text)
@@ -55,6 +58,9 @@ def cmd_generate(args) -> None:
         raise ConfigError("give a prompt, or --input prompts.jsonl with --output answers.jsonl")
     if args.input and not args.output:
         raise ConfigError("--input needs --output answers.jsonl")
+    from lmtune.outputs import refuse_existing
+
+    refuse_existing(args.output)
     from lmtune.infer.load import load_engine
 
     cfg, engine = load_engine(args.run_dir)
@@ -187,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     # Quieter third-party output: the user reads lmtune's lines, the progress bar and the table.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes tries to fetch an optional CPU kernel from a hub and warns when it cannot; its
+    # built-in kernels are used instead, so the warning only adds noise.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # transformers 5 renames arguments across minor versions; its deprecation notices are not the user's to act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     import transformers

@@ -23,6 +23,13 @@ def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def refuse_existing(*paths) -> None:
+    """Result files are never written over: a second run must not lose the first one's output."""
+    for path in paths:
+        if path and Path(path).exists():
+            raise ConfigError(f"{path} exists; choose another file name or remove it first")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -56,18 +56,11 @@ def reference_pairs(split: Split) -> list[tuple[list[dict], str]]:
     return pairs
 
 
-def generate_answers(engine: Engine, pairs: list[tuple[list[dict], str]], max_new_tokens: int, batch_size: int = 8) -> list[dict]:
-    """Greedy answers, batched by prompt length, returned in the order of the pairs."""
-    params = SamplingParams(max_new_tokens=max_new_tokens)
-    prompts = [engine.prompt_ids(messages) for messages, _ in pairs]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, done in zip(chunk, engine.generate([prompts[i] for i in chunk], params)):
-            answers[i] = done.text.strip()
+def generate_answers(engine: Engine, pairs: list[tuple[list[dict], str]], max_new_tokens: int) -> list[dict]:
+    """Greedy answers beside their references, in the order of the pairs."""
+    answers = engine.answer_all([messages for messages, _ in pairs], SamplingParams(max_new_tokens=max_new_tokens))
     return [
-        {"prompt": messages[-1]["content"], "reference": reference, "generation": answers[i],
-         "exact_match": exact_match(answers[i], reference), "rouge_l": rouge_l(answers[i], reference)}
-        for i, (messages, reference) in enumerate(pairs)
+        {"prompt": messages[-1]["content"], "reference": reference, "generation": answer,
+         "exact_match": exact_match(answer, reference), "rouge_l": rouge_l(answer, reference)}
+        for (messages, reference), answer in zip(pairs, answers)
     ]

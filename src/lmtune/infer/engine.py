@@ -80,6 +80,18 @@ class Engine:
             )
         return [self._completion(prompt, row[width:].tolist(), params) for prompt, row in zip(prompts, out)]
 
+    def answer_all(self, conversations: list[list[dict]], params: SamplingParams, batch_size: int = 8) -> list[str]:
+        """Answers to many chat prompts, in batches of similar length (less padding), returned in
+        the order given."""
+        prompts = [self.prompt_ids(messages) for messages in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        answers: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, done in zip(chunk, self.generate([prompts[i] for i in chunk], params)):
+                answers[i] = done.text.strip()
+        return answers
+
     def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
         """Text pieces as they are generated (the model runs in a thread; the lock is held throughout)."""
         from transformers import TextIteratorStreamer

@@ -47,13 +47,7 @@ def generate_file(engine: Engine, input_path: str, output_path: str, params: Sam
                   system: str | None = None, batch_size: int = 8) -> int:
     """Answers for every prompt of a JSONL file, batched by length, written in input order."""
     rows = read_prompts(input_path, system)
-    prompts = [engine.prompt_ids(messages) for _, messages in rows]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, completion in zip(chunk, engine.generate([prompts[i] for i in chunk], params)):
-            answers[i] = completion.text.strip()
-    lines = [json.dumps({**row, "output": answers[i]}, ensure_ascii=False) for i, (row, _) in enumerate(rows)]
+    answers = engine.answer_all([messages for _, messages in rows], params, batch_size)
+    lines = [json.dumps({**row, "output": answer}, ensure_ascii=False) for (row, _), answer in zip(rows, answers)]
     write_text_atomic(output_path, "".join(line + "\n" for line in lines))
     return len(lines)
