@@ -112,7 +112,8 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
                 yield _sse(chunk({"role": "assistant", "content": ""}))
                 for piece in engine.stream(prompt, params):
-                    yield _sse(chunk({"content": piece}))
+                    if piece:
+                        yield _sse(chunk({"content": piece}))
                 yield _sse(chunk({}, "stop"))
                 yield "data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream")
@@ -139,7 +140,7 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
                 return error(400, "stream: one prompt at a time")
 
             def events():
-                for piece in engine.stream(prompts[0], params):
+                for piece in filter(None, engine.stream(prompts[0], params)):
                     yield _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
                                 "choices": [{"index": 0, "text": piece, "finish_reason": None}]})
                 yield _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
