@@ -68,9 +68,10 @@ def test_reloaded_adapter_gives_the_same_logits(tmp_path, tiny_llama):
     result = train(cfg)
     x = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():
-        expected = result.model.eval()(input_ids=x).logits
+        trained = result.model.eval()
+        expected = trained(input_ids=x.to(next(trained.parameters()).device)).logits.cpu()
         _, model, _, _ = load_run(tmp_path / "run")
-        got = model(input_ids=x).logits
+        got = model(input_ids=x.to(next(model.parameters()).device)).logits.cpu()
     lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b), "training should have moved the adapter off zero"
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -223,7 +223,8 @@ def test_export_writes_a_self_contained_model_with_a_card(run_dir, tmp_path):
     _, adapter_model, _, _ = load_run_fp32(run_dir)
     ids = torch.tensor([tokenizer("a fine film", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, adapter_model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        adapter_logits = adapter_model(input_ids=ids.to(next(adapter_model.parameters()).device)).logits.cpu()
+        torch.testing.assert_close(model(input_ids=ids).logits, adapter_logits, rtol=1e-4, atol=1e-4)
     assert main(["export", str(run_dir), str(out)]) == 2  # never over an existing export
 
 
@@ -249,12 +250,15 @@ def test_adapters_on_one_base_share_it_and_answer_like_their_own_runs(run_dir, t
 
     ids = torch.tensor([first.prompt_ids([{"role": "user", "content": "hello there"}])])
 
+    def run(model):
+        return model(input_ids=ids.to(next(model.parameters()).device)).logits.detach().cpu()
+
     def logits(engine):
         with engine.lock, torch.no_grad():
             engine._select()
-            return engine.model(input_ids=ids).logits
+            return run(engine.model)
 
-    own_first, own_second = (load_engine(path)[1].model(input_ids=ids).logits.detach() for path in (run_dir, other))
+    own_first, own_second = (run(load_engine(path)[1].model) for path in (run_dir, other))
     assert not torch.allclose(own_first, own_second, atol=1e-3)  # the two adapters really differ
     for engine, own in ((first, own_first), (second, own_second), (first, own_first)):  # switching back and forth
         torch.testing.assert_close(logits(engine), own, rtol=1e-5, atol=1e-5)

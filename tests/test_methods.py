@@ -57,8 +57,9 @@ def build(model_dir, method, task_name, extra=()):
     model, tokenizer = load_model_and_tokenizer(cfg.model, torch.float32, quantization_config=quantization(cfg, "fp32"))
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
     ds, _ = tokenize_split(read_splits(cfg.data, 0)["train"], cfg.data, cfg.task, tokenizer, task.encode)
-    batch = task.collator()([ds[i] for i in range(len(ds))])
     model = METHODS.get(method).apply(model, cfg.method, tokenizer)
+    device = next(model.parameters()).device  # a 4-bit model is placed on the GPU when there is one
+    batch = {k: v.to(device) for k, v in task.collator()([ds[i] for i in range(len(ds))]).items()}
     return cfg, model, tokenizer, task, batch
 
 
@@ -103,8 +104,8 @@ def test_method_trains_only_its_parameters_and_reloads(tmp_path, request, method
     save_model(model, tokenizer, out)
     _, reloaded, _, _ = load_run(out)
     with torch.no_grad():
-        expected = mean_loss(task, model, batch)
-        got = mean_loss(task, reloaded, batch)
+        expected = mean_loss(task, model, batch).cpu()
+        got = mean_loss(task, reloaded, {k: v.to(next(reloaded.parameters()).device) for k, v in batch.items()}).cpu()
     # QLoRA: the reloaded (inference) model multiplies with bitsandbytes' packed CPU kernel, whose
     # rounding differs from the training kernel's by ~1e-5 relative.
     tolerance = 1e-3 if method == "qlora" else 1e-5
@@ -149,7 +150,8 @@ def test_merge_gives_the_same_logits_as_the_adapter(tmp_path, tiny_llama, method
     ids = torch.tensor([tokenizer("a gorgeous, witty film", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         # Tolerance: fp32 merge W + scale * B A versus the unmerged sum, a few ulps of the logits.
-        torch.testing.assert_close(merged(input_ids=ids).logits, adapter_model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        adapter_logits = adapter_model(input_ids=ids.to(next(adapter_model.parameters()).device)).logits.cpu()
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapter_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_refused_combinations(tmp_path, tiny_llama, capsys):
@@ -183,9 +185,10 @@ def test_qlora_layers_still_pass_gradients_after_an_evaluation(tiny_llama):
     cfg = load_config(None, [f"model.name={tiny_llama}", "method.name=qlora", *TASK_DATA["sft"]])
     model, _ = load_model_and_tokenizer(cfg.model, torch.float32, quantization_config=quantization(cfg, "bf16"))
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+        model(input_ids=torch.tensor([[5, 6, 7, 8]], device=device))
     layer = model.model.layers[0].mlp.down_proj
-    x = torch.randn(2, 128, requires_grad=True)
+    x = torch.randn(2, 128, device=device, requires_grad=True)
     (grad,) = torch.autograd.grad(layer(x).float().sum(), x, allow_unused=True)
     assert grad is not None and grad.abs().sum() > 0
