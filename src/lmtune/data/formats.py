@@ -139,13 +139,11 @@ def text(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
 @FORMATS.register("messages")
 def messages(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
     name = column(cfg, "messages")
-    turns = _turn_list(row, loc, name)
-    out = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise DataError(f"{loc}: {name}[{i}]: expected an object with role and content")
-        out.append({"role": turn.get("role"), "content": turn.get("content"),
-                    **{k: turn[k] for k in TURN_EXTRAS if turn.get(k) is not None}})
+
+    def turn(t: dict, where: str) -> dict:
+        return {"role": t.get("role"), "content": t.get("content"), **{k: t[k] for k in TURN_EXTRAS if t.get(k) is not None}}
+
+    out = _turns(row, loc, name, "role and content", turn)
     return example(messages=with_system(check_conversation(out, loc, name), cfg))
 
 
@@ -153,18 +151,28 @@ def messages(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
 def sharegpt(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
     """`conversations` of {from, value} turns (human / gpt / system / function_call / observation)."""
     name = column(cfg, "conversations")
-    turns = _turn_list(row, loc, name)
-    out = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise DataError(f"{loc}: {name}[{i}]: expected an object with from and value")
-        role = SHAREGPT_ROLES.get(turn.get("from"))
+
+    def turn(t: dict, where: str) -> dict:
+        role = SHAREGPT_ROLES.get(t.get("from"))
         if role is None:
-            raise DataError(f"{loc}: {name}[{i}]: unknown speaker {turn.get('from')!r}; use one of {', '.join(SHAREGPT_ROLES)}")
-        out.append({"role": role, "content": turn.get("value")})
+            raise DataError(f"{where}: unknown speaker {t.get('from')!r}; use one of {', '.join(SHAREGPT_ROLES)}")
+        return {"role": role, "content": t.get("value")}
+
+    out = _turns(row, loc, name, "from and value", turn)
     if isinstance(row.get("system"), str) and row["system"].strip() and out and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": row["system"]})
     return example(messages=with_system(check_conversation(out, loc, name), cfg))
+
+
+def _turns(row: dict[str, Any], loc: str, name: str, fields: str, convert: Callable[[dict, str], dict]) -> list[dict]:
+    """The row's list of turns, each checked to be an object and converted to a message."""
+    out = []
+    for i, t in enumerate(_turn_list(row, loc, name)):
+        where = f"{loc}: {name}[{i}]"
+        if not isinstance(t, dict):
+            raise DataError(f"{where}: expected an object with {fields}")
+        out.append(convert(t, where))
+    return out
 
 
 def _turn_list(row: dict[str, Any], loc: str, name: str) -> list:
