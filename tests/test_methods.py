@@ -192,3 +192,19 @@ def test_qlora_layers_still_pass_gradients_after_an_evaluation(tiny_llama):
     x = torch.randn(2, 128, device=device, requires_grad=True)
     (grad,) = torch.autograd.grad(layer(x).float().sum(), x, allow_unused=True)
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_rslora_scaling_and_lora_plus_learning_rates(tmp_path, tiny_llama):
+    from lmtune.train.run import lora_plus_optimizer, train
+
+    cfg, model, _, _, _ = build(tiny_llama, "lora", "sft", ["method.use_rslora=true", "method.alpha=8", "method.lora_plus_ratio=16"])
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.scaling["default"] == pytest.approx(8 / 4 ** 0.5)  # alpha / sqrt(r), r=4
+    optimizer = lora_plus_optimizer(model, cfg)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lrs[id(layer.lora_B["default"].weight)] == pytest.approx(16 * lrs[id(layer.lora_A["default"].weight)])
+
+    out = tmp_path / "run"
+    run_cfg = load_config(None, [f"model.name={tiny_llama}", "method.name=lora", *TASK_DATA["sft"], "method.lora_plus_ratio=16",
+                                 "train.max_steps=2", "train.precision=fp32", "train.zero_shot_eval=false", f"output.dir={out}"])
+    assert train(run_cfg).metrics["train"]["steps"] == 2
