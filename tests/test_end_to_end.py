@@ -113,3 +113,23 @@ def test_unknown_lora_target_lists_the_model_modules(tmp_path, tiny_llama):
                              "method.target_modules=[q_proj, qkv]"])
     with pytest.raises(ConfigError, match=r"\['qkv'\] match no linear module.*q_proj.*v_proj"):
         train(cfg)
+
+
+def test_evaluation_and_checkpoints_during_training(tmp_path, tiny_llama):
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={out}", *SENTIMENT, *FAST,
+                             "train.eval_steps=2", "train.save_steps=2", "train.zero_shot_eval=false"])
+    train(cfg)
+    logs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in logs if "eval_accuracy" in l] == [2, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors").is_file()
+
+
+def test_p_tuning_with_an_lstm_encoder_trains(tmp_path, tiny_gpt2):
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"model.name={tiny_gpt2}", f"output.dir={out}", *SENTIMENT, *FAST, "method.name=p_tuning",
+                             "method.encoder=lstm", "method.num_virtual_tokens=3", "method.encoder_hidden_size=16"])
+    metrics = train(cfg).metrics
+    assert metrics["train"]["steps"] == 4 and 0 < metrics["train"]["trainable_params"] < 100_000
+    assert {"accuracy", "f1"} <= set(metrics["final"])
