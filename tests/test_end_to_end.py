@@ -133,3 +133,27 @@ def test_p_tuning_with_an_lstm_encoder_trains(tmp_path, tiny_gpt2):
     metrics = train(cfg).metrics
     assert metrics["train"]["steps"] == 4 and 0 < metrics["train"]["trainable_params"] < 100_000
     assert {"accuracy", "f1"} <= set(metrics["final"])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "rprop", "adafactor", "adamw_8bit"])
+def test_every_optimizer_lowers_the_training_loss(tmp_path, tiny_llama, optimizer):
+    extra = {"sgd": ["train.momentum=0.9", "train.nesterov=true", "train.lr=0.5"], "adadelta": ["train.lr=50"],
+             "rmsprop": ["train.lr=1e-2"], "rprop": ["train.lr=1e-2"], "adagrad": ["train.lr=0.1"]}.get(optimizer, [])
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *ALPACA, "data.max_samples=4",
+                             "train.max_steps=8", "train.batch_size=4", "train.lr=5e-3", "train.precision=fp32",
+                             "train.logging_steps=1", "train.zero_shot_eval=false", f"train.optimizer={optimizer}", *extra])
+    train(cfg)
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert len(losses) == 8 and losses[-1] < losses[0], losses
+
+
+def test_neftune_and_optimizer_checks(tmp_path, tiny_llama):
+    from lmtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nesterov needs train.momentum"):
+        load_config(None, ["train.optimizer=sgd", "train.nesterov=true"])
+    with pytest.raises(ConfigError, match="lora_plus_ratio builds its own AdamW"):
+        load_config(None, ["method.lora_plus_ratio=16", "train.optimizer=sgd"])
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *ALPACA, *FAST,
+                             "train.neftune_noise_alpha=5", "train.zero_shot_eval=false"])
+    assert train(cfg).metrics["train"]["steps"] == 4

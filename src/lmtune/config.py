@@ -169,6 +169,12 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(32, gt=0)
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(2e-4, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "rprop", "adafactor", "adamw_8bit"] = "adamw"
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, description="sgd / rmsprop momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum (needs momentum > 0)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int = Field(0, ge=0)
@@ -177,6 +183,7 @@ class TrainConfig(Section):
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it")
     gradient_checkpointing: bool = False
+    neftune_noise_alpha: Optional[float] = Field(None, gt=0, description="NEFTune: noise on the input embeddings while training (SFT; 5 is usual)")
     group_by_length: bool = Field(True, description="batch rows of similar length together: less padding to compute")
     logging_steps: int = Field(10, gt=0)
     eval_steps: Optional[int] = Field(None, gt=0, description="evaluate every N steps (default: only at the end)")
@@ -228,6 +235,10 @@ class Config(Section):
                 raise ValueError("task.label_words needs one word per entry of data.labels")
         if self.task.name == "sft" and self.data.format == "classification":
             raise ValueError("data.format classification goes with task label_tokens, not sft")
+        if self.train.nesterov and self.train.momentum <= 0:
+            raise ValueError("train.nesterov needs train.momentum > 0")
+        if getattr(self.method, "lora_plus_ratio", None) and self.train.optimizer != "adamw":
+            raise ValueError("method.lora_plus_ratio builds its own AdamW; leave train.optimizer at adamw")
         if self.data.streaming and self.train.max_steps <= 0:
             raise ValueError("data.streaming needs train.max_steps (the length of a stream is not known)")
         return self

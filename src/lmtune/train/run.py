@@ -17,6 +17,7 @@ from lmtune.model.load import load_model_and_tokenizer
 from lmtune.outputs import prepare_output_dir, save_dir_atomic, write_json_atomic, write_text_atomic
 from lmtune.report import print_data_summary, print_run_summary
 from lmtune.tasks import TASKS
+from lmtune.train.optimizers import optimizer_cls_and_kwargs
 
 
 def resolve_precision(requested: str) -> str:
@@ -67,6 +68,7 @@ def training_arguments(cfg: Config, out: Path, precision: str, has_eval: bool):
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
         max_grad_norm=t.max_grad_norm,
+        neftune_noise_alpha=t.neftune_noise_alpha,
         seed=t.seed,
         # Length grouping only helps padded batches; a packed batch has no padding to save.
         train_sampling_strategy="group_by_length" if t.group_by_length and not cfg.data.packing else "random",
@@ -101,6 +103,14 @@ def save_model(model, tokenizer, out: Path) -> Path:
 
     save_dir_atomic(target, save)
     return target
+
+
+def optimizer_arguments(model, cfg: Config) -> dict:
+    """Trainer keyword arguments for the optimizer: LoRA+'s own, or train.optimizer by name."""
+    lora_plus = lora_plus_optimizer(model, cfg)
+    if lora_plus is not None:
+        return {"optimizers": (lora_plus, None)}
+    return {"optimizer_cls_and_kwargs": optimizer_cls_and_kwargs(cfg)}
 
 
 def lora_plus_optimizer(model, cfg: Config):
@@ -164,7 +174,7 @@ def train(cfg: Config) -> RunResult:
 
     trainer = LmtuneTrainer(
         model=model,
-        optimizers=(lora_plus_optimizer(model, cfg), None),
+        **optimizer_arguments(model, cfg),
         args=training_arguments(cfg, out, precision, eval_ds is not None),
         train_dataset=train_ds.remove_columns(["truncated"]),
         eval_dataset=eval_ds,
