@@ -120,7 +120,7 @@ def read_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
         raise DataError("data.train: no training data; set data.train: path/to/train.jsonl (or data.mix)")
     splits = {"train": train}
     if cfg.validation:
-        splits["validation"] = Split("validation", cfg.validation, *load_examples(cfg.validation, cfg))
+        splits["validation"] = read_validation(cfg, seed)
     elif cfg.val_size:
         n = len(train.examples)
         count = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * n)
@@ -128,13 +128,23 @@ def read_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
             raise DataError(f"data.val_size: {cfg.val_size} leaves no rows for training or validation ({n} rows)")
         order = shuffled(range(n), seed)
         held_out = set(order[:count])
+        held = [train.examples[i] for i in sorted(held_out)]
         splits["validation"] = Split("validation", f"{count} rows held out of {train.source}",
-                                     [train.examples[i] for i in sorted(held_out)])
+                                     sample(held, cfg.max_eval_samples, seed))
         train.examples = [ex for i, ex in enumerate(train.examples) if i not in held_out]
     train.examples = sample(train.examples, cfg.max_samples, seed)
-    if "validation" in splits:
-        splits["validation"].examples = sample(splits["validation"].examples, cfg.max_eval_samples, seed)
     return splits
+
+
+def read_validation(cfg: DataConfig, seed: int) -> Optional[Split]:
+    """The validation split alone (for evaluation): its own file is read without reading train;
+    a split carved by val_size needs train. None when the config has no validation data."""
+    if cfg.validation:
+        examples, skipped = load_examples(cfg.validation, cfg)
+        return Split("validation", cfg.validation, sample(examples, cfg.max_eval_samples, seed), skipped)
+    if cfg.val_size:
+        return read_splits(cfg, seed)["validation"]
+    return None
 
 
 def tokenize_split(split: Split, data_cfg: DataConfig, task_cfg: TaskConfig, tokenizer, encode: Callable[[dict], dict]):

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from lmtune.data.dataset import Split, load_examples, read_splits, tokenize_split
+from lmtune.config import load_config
+from lmtune.data.dataset import Split, load_examples, read_validation, tokenize_split
 from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.eval.text_metrics import exact_match, rouge_l
@@ -19,16 +20,21 @@ from lmtune.tasks import TASKS
 
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None, generations: Optional[str] = None,
                  max_generations: int = 50, max_new_tokens: int = 256) -> dict:
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir}: not an lmtune run directory (no config.yaml)")
+    # The data is read and checked before the model is loaded: a bad row fails at once.
+    saved = load_config(config_file)
+    if data:
+        examples, skipped = load_examples(data, saved.data)
+        split = Split("eval", data, examples, skipped)
+    else:
+        split = read_validation(saved.data, saved.train.seed)
+    if split is None:
+        raise ConfigError(f"{run_dir}: the run has no validation data; pass --data FILE")
     cfg, model, tokenizer, precision = load_run(run_dir)
     renderer = Renderer(tokenizer, cfg.data.template)
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, renderer)
-    if data:
-        examples, skipped = load_examples(data, cfg.data)
-        split = Split("eval", data, examples, skipped)
-    elif cfg.data.validation or cfg.data.val_size:
-        split = read_splits(cfg.data, cfg.train.seed)["validation"]
-    else:
-        raise ConfigError(f"{run_dir}: the run has no validation data; pass --data FILE")
     dataset, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
     report = {"data": split.source, "rows": info.rows, **task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)}
     pairs = reference_pairs(split) if cfg.task.name == "sft" else []

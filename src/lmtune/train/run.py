@@ -121,8 +121,9 @@ def lora_plus_optimizer(model, cfg: Config):
         return None
     from peft.optimizers import create_loraplus_optimizer
 
-    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.lr, loraplus_lr_ratio=ratio,
-                                     weight_decay=cfg.train.weight_decay)
+    t = cfg.train
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=t.lr, loraplus_lr_ratio=ratio, weight_decay=t.weight_decay,
+                                     betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
 
 
 def dir_size_mb(path: Path) -> float:
