@@ -65,6 +65,9 @@ def test_generate_file_through_the_cli(run_dir, tmp_path, capsys):
     before = (tmp_path / "a.jsonl").read_text()
     assert main(["generate", str(run_dir), "--input", str(prompts), "--output", str(tmp_path / "a.jsonl")]) == 2
     assert "exists" in capsys.readouterr().err and (tmp_path / "a.jsonl").read_text() == before
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hi"}, {"question": "no prompt"}])
+    assert main(["generate", str(run_dir), "--input", str(bad), "--output", str(tmp_path / "b.jsonl")]) == 2
+    assert "bad.jsonl:2: expected" in capsys.readouterr().err and not (tmp_path / "b.jsonl").exists()
 
 
 def test_chat_keeps_history_and_resets(engine):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmtune.data.sources import read_rows
 from lmtune.data.templates import Renderer
 from lmtune.errors import DataError
 from lmtune.infer.engine import Engine, SamplingParams
@@ -24,22 +25,17 @@ def generate(model, tokenizer, renderer: Renderer, prompt: str, system: str | No
 
 
 def read_prompts(path: str | Path, system: str | None) -> list[tuple[dict, list[dict]]]:
-    """(row, messages) for each line of a JSONL file of {"prompt": ...} or {"messages": [...]}."""
+    """(row, messages) for each row of a JSONL file of {"prompt": ...} or {"messages": [...]}."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                rows.append((row, chat_messages(row["prompt"], system)))
-            elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
-                rows.append((row, row["messages"]))
-            else:
-                raise DataError(f"{path}:{number}: expected {{\"prompt\": \"...\"}} or {{\"messages\": [...]}}")
+    for loc, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        if isinstance(row.get("prompt"), str):
+            rows.append((row, chat_messages(row["prompt"], system)))
+        elif isinstance(row.get("messages"), list) and row["messages"]:
+            rows.append((row, row["messages"]))
+        else:
+            raise DataError(f"{loc}: expected {{\"prompt\": \"...\"}} or {{\"messages\": [...]}}")
     return rows
 
 

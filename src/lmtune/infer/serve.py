@@ -90,14 +90,14 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
     async def models():
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "lmtune"} for m in engines]}
 
-    def engine_for(name: str):
-        return engines.get(name)
+    def unknown_model(name: str):
+        return error(404, f"The model {name!r} does not exist; GET /v1/models lists them.", code="model_not_found")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
-        engine = engine_for(body.model)
+        engine = engines.get(body.model)
         if engine is None:
-            return error(404, f"The model {body.model!r} does not exist; GET /v1/models lists them.", code="model_not_found")
+            return unknown_model(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             prompt = engine.prompt_ids(messages)
@@ -126,9 +126,9 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        engine = engine_for(body.model)
+        engine = engines.get(body.model)
         if engine is None:
-            return error(404, f"The model {body.model!r} does not exist; GET /v1/models lists them.", code="model_not_found")
+            return unknown_model(body.model)
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             return error(400, "prompt: give a string or a non-empty list of strings")
