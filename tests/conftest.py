@@ -19,6 +19,20 @@ CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Small real datasets and a few fast steps, shared by the tests that train through train().
+SENTIMENT = [
+    f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}",
+    f"data.validation={DATA / 'rotten_tomatoes' / 'test.jsonl'}",
+    "data.format=classification", "data.labels=[negative, positive]", "task.name=label_tokens",
+    "data.max_samples=64", "data.max_eval_samples=32", "data.max_length=64",
+]
+ALPACA = [
+    f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
+    f"data.validation={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
+    "data.format=instruction", "task.name=sft", "data.max_samples=32", "data.max_eval_samples=16", "data.max_length=96",
+]
+FAST = ["train.max_steps=4", "train.batch_size=4", "train.lr=5e-3", "train.logging_steps=1", "train.precision=fp32"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):

@@ -10,21 +10,7 @@ from lmtune.config import load_config
 from lmtune.run_dir import load_run
 from lmtune.train.run import train
 
-from conftest import DATA, write_jsonl
-
-SENTIMENT = [
-    f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}",
-    f"data.validation={DATA / 'rotten_tomatoes' / 'test.jsonl'}",
-    "data.format=classification", "data.labels=[negative, positive]", "task.name=label_tokens",
-    "data.max_samples=64", "data.max_eval_samples=32", "data.max_length=64",
-]
-ALPACA = [
-    f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
-    f"data.validation={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}",
-    "data.format=instruction", "task.name=sft", "data.max_samples=32", "data.max_eval_samples=16", "data.max_length=96",
-]
-FAST = ["train.max_steps=4", "train.batch_size=4", "train.lr=5e-3", "train.logging_steps=1", "train.precision=fp32"]
-
+from conftest import ALPACA, DATA, FAST, SENTIMENT, write_jsonl
 
 def cli(*args):
     return main([str(a) for a in args])

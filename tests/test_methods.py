@@ -195,7 +195,8 @@ def test_qlora_layers_still_pass_gradients_after_an_evaluation(tiny_llama):
 
 
 def test_rslora_scaling_and_lora_plus_learning_rates(tmp_path, tiny_llama):
-    from lmtune.train.run import lora_plus_optimizer, train
+    from lmtune.train.arguments import lora_plus_optimizer
+    from lmtune.train.run import train
 
     cfg, model, _, _, _ = build(tiny_llama, "lora", "sft", ["method.use_rslora=true", "method.alpha=8", "method.lora_plus_ratio=16"])
     layer = model.base_model.model.model.layers[0].self_attn.q_proj

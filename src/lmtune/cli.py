@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import warnings
 
@@ -17,9 +18,25 @@ def cmd_train(args) -> None:
     from lmtune.train.run import train
 
     overrides = list(args.overrides)
+    if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+        overrides.append(args.resume)  # `--resume key=value`: the value was an override, not a path
+        args.resume = "latest"
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    train(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    # Quoted in the message of an interrupted run: the same command, to which --resume is added.
+    command = shlex.join(["lmtune", "train", args.config, "--output-dir", cfg.output.dir, *overrides[:len(args.overrides)]])
+    train(cfg, resume=args.resume, command=command)
+
+
+def cmd_plot(args) -> None:
+    from lmtune.outputs import refuse_existing
+    from lmtune.plot import plot_runs
+
+    output = args.output or (f"{args.run_dirs[0]}/loss.png" if len(args.run_dirs) == 1 else "runs.png")
+    if len(args.run_dirs) > 1 or args.output:
+        refuse_existing(output)  # a run's own loss.png is redrawn; any other picture is never written over
+    print(f"lmtune: wrote {plot_runs(args.run_dirs, output)}")
 
 
 def cmd_data(args) -> None:
@@ -130,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=1e-4 data.max_samples=500")
     p.add_argument("--output-dir", help="where to write the run (same as output.dir=...)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                   help="continue the run in the output directory from its newest complete checkpoint (or this one)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="draw the loss and validation metrics of one or more runs on one chart")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--output", help="PNG file (default: RUN_DIR/loss.png for one run, runs.png for several)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("data", help="show counts, lengths and the first examples with their loss mask")
     p.add_argument("config", help="YAML config file")
@@ -201,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # the weight-loading bars; training keeps its own
+    from lmtune.train.interrupt import TrainingInterrupted
     try:
         args.func(args)
+    except TrainingInterrupted as e:
+        print(f"lmtune: {e}", file=sys.stderr)
+        return e.exit_code
     except LmtuneError as e:
         print(f"lmtune: error: {e}", file=sys.stderr)
         return 2

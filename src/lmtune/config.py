@@ -178,8 +178,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int = Field(0, ge=0)
-    scheduler: str = "linear"
-    max_grad_norm: float = 1.0
+    scheduler: Literal["linear", "cosine", "cosine_with_restarts", "constant", "constant_with_warmup", "polynomial",
+                       "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"] = "linear"
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping by global norm (0: none)")
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it")
     gradient_checkpointing: bool = False
@@ -188,6 +189,16 @@ class TrainConfig(Section):
     logging_steps: int = Field(10, gt=0)
     eval_steps: Optional[int] = Field(None, gt=0, description="evaluate every N steps (default: only at the end)")
     save_steps: Optional[int] = Field(None, gt=0, description="checkpoint every N steps (default: none)")
+    save_total_limit: Optional[int] = Field(None, gt=0, description="keep only the newest N checkpoints (and the best one)")
+    metric_for_best: Optional[str] = Field(None, description="validation metric that picks the best checkpoint and drives early stopping (default: loss)")
+    load_best_at_end: bool = Field(False, description="end the run with the best checkpoint's weights (needs save_steps and eval_steps)")
+    early_stopping_patience: Optional[int] = Field(None, gt=0, description="stop after this many evaluations without improvement (needs eval_steps)")
+    early_stopping_threshold: float = Field(0.0, ge=0, description="the smallest change that counts as an improvement")
+    on_nan: Literal["stop", "skip"] = Field("stop", description="a nan/inf loss stops the run (stop) or its micro-batch is dropped (skip)")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description="also log to these trackers")
+    fsdp: Optional[str] = Field(None, description="passed to the Trainer under torchrun/accelerate, e.g. 'full_shard auto_wrap'")
+    fsdp_config: Optional[dict[str, Any]] = Field(None, description="the Trainer's fsdp_config")
+    deepspeed: Optional[str] = Field(None, description="a DeepSpeed JSON config file (ZeRO), passed to the Trainer")
     zero_shot_eval: bool = Field(True, description="measure the task's metrics before training too")
     num_threads: Optional[int] = Field(None, gt=0, description="torch intra-op threads (default: all cores)")
 
@@ -239,9 +250,19 @@ class Config(Section):
             raise ValueError("train.nesterov needs train.momentum > 0")
         if getattr(self.method, "lora_plus_ratio", None) and self.train.optimizer != "adamw":
             raise ValueError("method.lora_plus_ratio builds its own AdamW; leave train.optimizer at adamw")
+        self._check_checkpointing()
         if self.data.streaming and self.train.max_steps <= 0:
             raise ValueError("data.streaming needs train.max_steps (the length of a stream is not known)")
         return self
+
+    def _check_checkpointing(self) -> None:
+        t = self.train
+        has_validation = bool(self.data.validation or self.data.val_size)
+        wants_eval = [k for k in ("metric_for_best", "load_best_at_end", "early_stopping_patience") if getattr(t, k)]
+        if wants_eval and not (t.eval_steps and has_validation):
+            raise ValueError(f"train.{wants_eval[0]} compares evaluations: set train.eval_steps and data.validation (or data.val_size)")
+        if t.load_best_at_end and not (t.save_steps and t.save_steps % t.eval_steps == 0):
+            raise ValueError("train.load_best_at_end needs checkpoints at evaluation steps: set train.save_steps to a multiple of train.eval_steps")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

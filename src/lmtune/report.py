@@ -46,6 +46,11 @@ def print_run_summary(metrics: dict, headline: str, out: Path) -> None:
     table.add_row("tokens/s (non-padding)", f"{t['tokens_per_s']:,.0f}")
     table.add_row("peak memory", f"{t['peak_memory_mb']:,.0f} MB")
     table.add_row("trainable parameters", f"{t['trainable_params']:,}")
+    if "best" in metrics:
+        b = metrics["best"]
+        table.add_row(f"best validation {b['metric']}", f"{_fmt(b['value'])} ({Path(b['checkpoint'] or '').name})")
+    if t.get("skipped_nonfinite_batches"):
+        table.add_row("skipped nan/inf batches", str(t["skipped_nonfinite_batches"]))
     table.add_row("saved", f"{metrics['saved']['path']} ({metrics['saved']['size_mb']:.1f} MB)")
     console.print(table)
-    console.print(f"run directory: {out} (config.yaml, metrics.json, log.jsonl)")
+    console.print(f"run directory: {out} (config.yaml, metrics.json, log.jsonl, loss.png)")

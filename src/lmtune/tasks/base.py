@@ -53,6 +53,7 @@ class Task:
     """Base class. A task encodes examples, computes its training loss and its metrics."""
 
     metric_for_summary = "loss"
+    metrics: tuple[str, ...] = ("loss",)  # what evaluate() returns; train.metric_for_best must be one
 
     def __init__(self, cfg: Config, tokenizer, renderer: Renderer):
         self.cfg = cfg

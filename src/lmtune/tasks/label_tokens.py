@@ -20,6 +20,7 @@ from lmtune.tasks.base import Task, autocast, model_device, target_logits
 @TASKS.register("label_tokens")
 class LabelTokensTask(Task):
     metric_for_summary = "accuracy"
+    metrics = ("accuracy", "f1", "loss")
 
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)

@@ -18,6 +18,7 @@ from lmtune.tasks.base import Task, autocast, model_device, target_logits
 @TASKS.register("sft")
 class SftTask(Task):
     metric_for_summary = "loss"
+    metrics = ("loss", "perplexity")
 
     def encode(self, batch):
         examples = from_batch(batch)

@@ -1,11 +1,16 @@
-"""`lmtune train`: config -> model, data, method -> Trainer -> saved run with metrics."""
+"""`lmtune train`: config -> model, data, method -> Trainer -> saved run with metrics.
+
+Under torchrun / accelerate every process runs this; only the main process writes the run files."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from lmtune import hardware
 from lmtune.config import Config, config_to_yaml
@@ -17,7 +22,10 @@ from lmtune.model.load import load_model_and_tokenizer
 from lmtune.outputs import prepare_output_dir, save_dir_atomic, write_json_atomic, write_text_atomic
 from lmtune.report import print_data_summary, print_run_summary
 from lmtune.tasks import TASKS
-from lmtune.train.optimizers import optimizer_cls_and_kwargs
+from lmtune.train.arguments import best_metric, optimizer_arguments, training_arguments
+from lmtune.train.callbacks import JsonlLogger, Progress, truncate_log
+from lmtune.train.checkpoint import checkpoint_step, clear_staging, latest_checkpoint, resume_checkpoint
+from lmtune.train.interrupt import StopOnSignal, TrainingInterrupted
 
 
 def resolve_precision(requested: str) -> str:
@@ -52,45 +60,6 @@ def tokenize_splits(cfg: Config, splits: dict, tokenizer, task) -> dict:
     return out
 
 
-def training_arguments(cfg: Config, out: Path, precision: str, has_eval: bool):
-    from transformers import TrainingArguments
-
-    t = cfg.train
-    return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        weight_decay=t.weight_decay,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
-        max_grad_norm=t.max_grad_norm,
-        neftune_noise_alpha=t.neftune_noise_alpha,
-        seed=t.seed,
-        # Length grouping only helps padded batches; a packed batch has no padding to save.
-        train_sampling_strategy="group_by_length" if t.group_by_length and not cfg.data.packing else "random",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        eval_strategy="steps" if (t.eval_steps and has_eval) else "no",
-        eval_steps=t.eval_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps,
-        report_to="none",
-        remove_unused_columns=False,  # the collator picks its own columns
-        dataloader_num_workers=0,  # data is tokenised up front; workers would only compete for cores
-        dataloader_pin_memory=torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding",
-    )
-
-
 def save_model(model, tokenizer, out: Path) -> Path:
     """The adapter (PEFT methods) or the whole model, with the tokenizer beside it."""
     from peft import PeftModel
@@ -105,27 +74,6 @@ def save_model(model, tokenizer, out: Path) -> Path:
     return target
 
 
-def optimizer_arguments(model, cfg: Config) -> dict:
-    """Trainer keyword arguments for the optimizer: LoRA+'s own, or train.optimizer by name."""
-    lora_plus = lora_plus_optimizer(model, cfg)
-    if lora_plus is not None:
-        return {"optimizers": (lora_plus, None)}
-    return {"optimizer_cls_and_kwargs": optimizer_cls_and_kwargs(cfg)}
-
-
-def lora_plus_optimizer(model, cfg: Config):
-    """LoRA+ (method.lora_plus_ratio): the B matrices learn `ratio` times faster than the A matrices;
-    None lets the Trainer build its usual AdamW."""
-    ratio = getattr(cfg.method, "lora_plus_ratio", None)
-    if not ratio:
-        return None
-    from peft.optimizers import create_loraplus_optimizer
-
-    t = cfg.train
-    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=t.lr, loraplus_lr_ratio=ratio, weight_decay=t.weight_decay,
-                                     betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
-
-
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -138,14 +86,97 @@ class RunResult:
     out: Path
 
 
-def train(cfg: Config) -> RunResult:
-    from transformers import set_seed
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate (which set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    from lmtune.train.callbacks import JsonlLogger
+
+def start_run_dir(cfg: Config, resume: str | None) -> Path:
+    """A fresh (empty) output directory, or the existing one of the run being resumed."""
+    out = Path(cfg.output.dir)
+    if resume is None:
+        return prepare_output_dir(out, cfg.output.overwrite) if is_main_process() else out
+    if not (out / "checkpoints").is_dir():
+        raise ConfigError(f"--resume: {out} has no checkpoints/ directory; is output.dir the run to resume?")
+    saved = out / "config.yaml"
+    if is_main_process() and saved.is_file():
+        before = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        changed = sorted(config_diff(before, cfg.model_dump(mode="json")))
+        if changed:
+            print(f"lmtune: resuming with changed settings: {', '.join(changed)}", flush=True)
+    return out
+
+
+def config_diff(a, b, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set().union(*(config_diff(a.get(k), b.get(k), f"{prefix}{k}.") for k in {*a, *b}))
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def read_metrics(out: Path) -> dict:
+    path = out / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def build_callbacks(cfg: Config, out: Path, stop: StopOnSignal) -> list:
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [JsonlLogger(out / "log.jsonl"), stop]
+    t = cfg.train
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
+    if "tensorboard" in t.report_to and is_main_process():
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(out / "tensorboard"))))
+    return callbacks
+
+
+def check_trackers(cfg: Config) -> None:
+    """A tracker that is not installed is a one-line error before any work, not a traceback after."""
+    import importlib.util
+
+    modules = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+    for name in cfg.train.report_to:
+        if importlib.util.find_spec(modules[name]) is None:
+            raise ConfigError(f"train.report_to: {name} is not installed; pip install {name}, or remove it from the list")
+
+
+def samples_seen(trainer, info, epochs: float) -> int:
+    """Training rows consumed, over all processes (the last batch of an epoch may be short)."""
+    args = trainer.args
+    full_batches = trainer.state.global_step * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return min(full_batches, int(info.rows * epochs)) if info.rows >= 0 and args.max_steps <= 0 else full_batches
+
+
+def write_plot(out: Path) -> None:
+    from lmtune.plot import plot_runs
+
+    if (out / "log.jsonl").is_file():
+        plot_runs([out], out / "loss.png")
+
+
+def train(cfg: Config, resume: str | None = None, command: str = "lmtune train CONFIG") -> RunResult:
+    """Run one training job. `resume`: "latest" or a checkpoint path; `command` is quoted in the
+    message that says how to resume an interrupted run."""
+    from transformers import set_seed
+    from transformers.trainer_callback import ProgressCallback
+
     from lmtune.train.trainer import LmtuneTrainer
 
-    out = prepare_output_dir(cfg.output.dir, cfg.output.overwrite)
-    write_text_atomic(out / "config.yaml", config_to_yaml(cfg))
+    check_trackers(cfg)
+    out = start_run_dir(cfg, resume)
+    main = is_main_process()
+    checkpoint = None
+    if resume is not None:
+        checkpoint = resume_checkpoint(out / "checkpoints", resume)
+        if main:
+            clear_staging(out / "checkpoints")
+            truncate_log(out / "log.jsonl", checkpoint_step(checkpoint))
+            print(f"lmtune: resuming from {checkpoint}", flush=True)
+    if main:
+        write_text_atomic(out / "config.yaml", config_to_yaml(cfg))
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
@@ -156,41 +187,58 @@ def train(cfg: Config) -> RunResult:
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision))
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
-    tokenized = tokenize_splits(cfg, splits, tokenizer, task)
+    metric = best_metric(cfg)
+    if metric and metric not in task.metrics:
+        raise ConfigError(f"train.metric_for_best: task {cfg.task.name} reports {', '.join(task.metrics)}, not {metric!r}")
+    args = training_arguments(cfg, out, precision, "validation" in splits)
+    if cfg.train.on_nan == "skip" and args.world_size > 1:
+        raise ConfigError("train.on_nan=skip would desynchronise the processes of a distributed run; use stop")
+    with args.main_process_first(desc="tokenising"):  # one process fills the cache, the others read it
+        tokenized = tokenize_splits(cfg, splits, tokenizer, task)
     train_ds, train_info = tokenized["train"]
     eval_ds, eval_info = tokenized.get("validation", (None, None))
-    print_data_summary([("train", train_info), ("validation", eval_info)], task.renderer.mode)
+    if main:
+        print_data_summary([("train", train_info), ("validation", eval_info)], task.renderer.mode)
 
-    model.to(hardware.device())
-    metrics: dict = {}
-    if eval_ds is not None and cfg.train.zero_shot_eval:
+    model.to(args.device)
+    metrics: dict = {"zero_shot": read_metrics(out).get("zero_shot")} if resume else {}
+    if eval_ds is not None and cfg.train.zero_shot_eval and resume is None and main:
         print("lmtune: zero-shot evaluation on the validation split ...", flush=True)
         metrics["zero_shot"] = task.evaluate(model, eval_ds, cfg.train.eval_batch_size, precision)
+        write_json_atomic(out / "metrics.json", metrics)
+    metrics = {k: v for k, v in metrics.items() if v is not None}
 
     model = method.apply(model, cfg.method, tokenizer)
     trainable, total = trainable_summary(model)
     weights = "4-bit" if method.quantization else str(dtype).removeprefix("torch.")
-    print(f"lmtune: {cfg.method.name}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%), "
-          f"base weights {weights}, precision {precision}", flush=True)
+    if main:
+        print(f"lmtune: {cfg.method.name}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%), "
+              f"base weights {weights}, precision {precision}", flush=True)
 
+    stop = StopOnSignal()
     trainer = LmtuneTrainer(
         model=model,
         **optimizer_arguments(model, cfg),
-        args=training_arguments(cfg, out, precision, eval_ds is not None),
+        args=args,
         train_dataset=train_ds.remove_columns(["truncated"]),
         eval_dataset=eval_ds,
         data_collator=task.collator(packing=cfg.data.packing),
-        callbacks=[JsonlLogger(out / "log.jsonl")],
+        callbacks=build_callbacks(cfg, out, stop),
         task=task,
         precision=precision,
+        on_nan=cfg.train.on_nan,
     )
-    result = trainer.train()
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(Progress)
+    with stop.installed():
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
     runtime = result.metrics["train_runtime"]
     tokens = int(trainer.state.num_input_tokens_seen)
     metrics["train"] = {
         "runtime_s": round(runtime, 2),
         "steps": trainer.state.global_step,
-        "samples": int(round(result.metrics.get("train_samples_per_second", 0) * runtime)),
+        "samples": samples_seen(trainer, train_info, cfg.train.epochs),
         "tokens": tokens,
         "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
         "train_loss": result.metrics.get("train_loss"),
@@ -199,14 +247,29 @@ def train(cfg: Config) -> RunResult:
         "total_params": total,
         "trainable_share": round(trainable / total, 6),
         "precision": precision,
+        "skipped_nonfinite_batches": trainer.skipped_nonfinite,
+        "resumed_from": str(checkpoint) if checkpoint else None,
     }
-    if eval_ds is not None:
+    if metric and trainer.state.best_metric is not None:
+        metrics["best"] = {"metric": metric, "value": trainer.state.best_metric,
+                           "checkpoint": trainer.state.best_model_checkpoint, "loaded_at_end": cfg.train.load_best_at_end}
+    if stop.signum is not None:
+        saved_at = latest_checkpoint(out / "checkpoints")
+        if main:
+            metrics["interrupted"] = {"signal": stop.name, "step": trainer.state.global_step, "checkpoint": str(saved_at)}
+            write_json_atomic(out / "metrics.json", metrics)
+            write_plot(out)
+        raise TrainingInterrupted(f"stopped by {stop.name} at step {trainer.state.global_step}; checkpoint saved to "
+                                  f"{saved_at}. Resume with: {command} --resume", stop.signum)
+
+    if eval_ds is not None and main:
         print("lmtune: final evaluation on the validation split ...", flush=True)
         metrics["final"] = task.evaluate(model, eval_ds, cfg.train.eval_batch_size, precision)
-
-    saved = save_model(model, tokenizer, out)
-    metrics["saved"] = {"path": str(saved), "size_mb": round(dir_size_mb(saved), 2)}
-    metrics["data"] = {name: vars(info) for name, info in (("train", train_info), ("validation", eval_info)) if info}
-    write_json_atomic(out / "metrics.json", metrics)
-    print_run_summary(metrics, task.metric_for_summary, out)
+    if main:
+        saved = save_model(model, tokenizer, out)
+        metrics["saved"] = {"path": str(saved), "size_mb": round(dir_size_mb(saved), 2)}
+        metrics["data"] = {name: vars(info) for name, info in (("train", train_info), ("validation", eval_info)) if info}
+        write_json_atomic(out / "metrics.json", metrics)
+        write_plot(out)
+        print_run_summary(metrics, task.metric_for_summary, out)
     return RunResult(metrics, model, tokenizer, out)

@@ -1,8 +1,20 @@
-"""A thin Trainer subclass: the loss and the evaluation come from the task."""
+"""A thin Trainer subclass: the loss and the evaluation come from the task; checkpoints are
+published atomically; a non-finite loss stops the run (or is skipped) before it reaches the weights."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
+
+from lmtune.errors import LmtuneError
+from lmtune.train.checkpoint import STAGING, latest_checkpoint, publish
+
+
+class NonFiniteLoss(LmtuneError):
+    """The training loss became nan or inf (train.on_nan: stop)."""
 
 
 class LmtuneTrainer(Trainer):
@@ -10,10 +22,13 @@ class LmtuneTrainer(Trainer):
     # accumulated batch, so the Trainer must not divide it by the accumulation steps again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, task, precision: str, **kwargs):
+    def __init__(self, *args, task, precision: str, on_nan: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.task = task
         self.precision = precision
+        self.on_nan = on_nan
+        self.skipped_nonfinite = 0  # micro-batches dropped under on_nan: skip
+        self._staging = False
         # Makes the Trainer count the targets of the accumulated batch (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
 
@@ -23,7 +38,21 @@ class LmtuneTrainer(Trainer):
         loss = loss_sum / denominator
         if self.args.average_tokens_across_devices and self.args.world_size > 1 and num_items_in_batch is not None:
             loss = loss * self.args.world_size  # DDP averages gradients over processes
+        if model.training and not torch.isfinite(loss.detach()):
+            loss = self._non_finite(loss)
         return (loss, None) if return_outputs else loss
+
+    def _non_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop before the bad gradient touches the weights, or drop this micro-batch (a zero loss
+        with no path to the parameters adds nothing to the accumulated gradients)."""
+        step = self.state.global_step + 1
+        if self.on_nan == "skip":
+            self.skipped_nonfinite += 1
+            return torch.zeros((), device=loss.device, requires_grad=True)
+        last = latest_checkpoint(Path(self.args.output_dir))
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written (train.save_steps)"
+        raise NonFiniteLoss(f"the training loss became {loss.item()} at step {step}; {kept}. Lower train.lr, keep "
+                            "train.max_grad_norm on, prefer bf16 to fp16, or set train.on_nan=skip to drop such batches")
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The task's own metrics (accuracy, f1, loss, perplexity ...), logged with a prefix."""
@@ -33,3 +62,27 @@ class LmtuneTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being written, the Trainer writes it under the staging directory.
+        run_dir = super()._get_output_dir(trial)
+        return str(Path(run_dir) / STAGING) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written to .staging/ and renamed into place when complete."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staged, final = run_dir / STAGING / name, run_dir / name
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == str(staged):  # this step is the best so far
+                self.state.best_model_checkpoint = str(final)
+                self.state.save_to_json(str(staged / "trainer_state.json"))
+            publish(staged, final)
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()

@@ -1,0 +1,87 @@
+"""Checkpoints that a kill cannot break, and finding the one to resume from.
+
+The Trainer writes `checkpoint-N/` file by file, in place: a `kill -9` halfway leaves a directory
+that looks like a checkpoint and is not. lmtune lets it write into `.staging/checkpoint-N/` and
+renames the finished directory into place, so every `checkpoint-N/` that exists is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from lmtune.errors import ConfigError
+
+STAGING = ".staging"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What the Trainer needs to resume; present in every checkpoint it writes.
+REQUIRED = ("trainer_state.json",)
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and bool(CHECKPOINT.match(path.name)) and all((path / f).is_file() for f in REQUIRED)
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    if not checkpoints_dir.is_dir():
+        return None
+    done = [p for p in checkpoints_dir.iterdir() if is_complete(p)]
+    return max(done, key=lambda p: int(CHECKPOINT.match(p.name).group(1)), default=None)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(CHECKPOINT.match(path.name).group(1))
+
+
+def resume_checkpoint(checkpoints_dir: Path, resume: str) -> Path:
+    """`--resume` (the newest complete checkpoint) or `--resume PATH` (that one), checked."""
+    if resume == "latest":
+        found = latest_checkpoint(checkpoints_dir)
+        if found is None:
+            raise ConfigError(f"--resume: no complete checkpoint in {checkpoints_dir}; "
+                              "train without --resume, or set train.save_steps to write checkpoints")
+        return found
+    path = Path(resume)
+    if not is_complete(path):
+        raise ConfigError(f"--resume {path}: not a complete checkpoint directory (checkpoint-N with trainer_state.json)")
+    return path
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file (and the directory entries) to disk before the rename publishes them."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Move a finished checkpoint from the staging directory into place, atomically."""
+    fsync_tree(staged)
+    if final.exists():  # the same step saved twice (a resumed run): the new one replaces it
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    with contextlib.suppress(OSError):  # the staging directory is left only while a save is under way
+        staged.parent.rmdir()
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clear_staging(checkpoints_dir: Path) -> None:
+    """Remove what a killed save left half-written."""
+    shutil.rmtree(checkpoints_dir / STAGING, ignore_errors=True)
