@@ -235,12 +235,15 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
 
     runtime = result.metrics["train_runtime"]
     tokens = int(trainer.state.num_input_tokens_seen)
+    # A resumed run's counter includes the tokens before the checkpoint; its runtime does not.
+    new_tokens = tokens - (json.loads((checkpoint / "trainer_state.json").read_text())
+                           .get("num_input_tokens_seen", 0) if checkpoint else 0)
     metrics["train"] = {
         "runtime_s": round(runtime, 2),
         "steps": trainer.state.global_step,
         "samples": samples_seen(trainer, train_info, cfg.train.epochs),
         "tokens": tokens,
-        "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
+        "tokens_per_s": round(new_tokens / runtime, 1) if runtime else 0.0,
         "train_loss": result.metrics.get("train_loss"),
         "peak_memory_mb": round(hardware.peak_memory_mb(), 1),
         "trainable_params": trainable,
