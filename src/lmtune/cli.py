@@ -29,6 +29,21 @@ def cmd_train(args) -> None:
     train(cfg, resume=args.resume, command=command)
 
 
+def cmd_plan(args) -> None:
+    from lmtune.config import load_config
+    from lmtune.plan.command import plan
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config and not os.path.exists(args.config):
+        overrides.insert(0, args.config)  # `lmtune plan --model m key=value`: no config file
+        args.config = None
+    for flag, key in (("model", "model.name"), ("method", "method.name"), ("batch_size", "train.batch_size"),
+                      ("max_length", "data.max_length")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    plan(load_config(args.config, overrides), compare=args.compare, throughput=args.throughput)
+
+
 def cmd_plot(args) -> None:
     from lmtune.outputs import refuse_existing
     from lmtune.plot import plot_runs
@@ -151,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in the output directory from its newest complete checkpoint (or this one)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("plan", help="memory and time a run will need, before it starts (reads no weights)")
+    p.add_argument("config", nargs="?", help="YAML config file (or give --model and the options below)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.batch_size=32")
+    p.add_argument("--model", help="model name, directory or hub id (same as model.name=...)")
+    p.add_argument("--method", help="same as method.name=...")
+    p.add_argument("--batch-size", type=int, help="same as train.batch_size=...")
+    p.add_argument("--max-length", type=int, help="same as data.max_length=...")
+    p.add_argument("--compare", action="store_true", help="every method side by side")
+    p.add_argument("--throughput", type=float, help="training GFLOP/s to assume instead of measuring this machine")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("plot", help="draw the loss and validation metrics of one or more runs on one chart")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--output", help="PNG file (default: RUN_DIR/loss.png for one run, runs.png for several)")
@@ -210,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args: overrides may come after options (`train c.yaml --output-dir d train.lr=1e-4`).
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("train", "data")]
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command not in ("train", "data", "plan")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -32,6 +32,7 @@ class ModelConfig(Section):
         None, description="attention kernel (default: transformers' choice); eager is faster on a CPU for short rows"
     )
     trust_remote_code: bool = False
+    keep_layers: Optional[int] = Field(None, gt=0, description="keep only the first N transformer blocks (a smaller student for distillation)")
 
 
 class FullMethod(Section):
@@ -113,7 +114,7 @@ PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")
 PREFIX_METHODS = ("prefix_tuning", "p_tuning_v2")  # they pass key/value prefixes as a cache
 
 
-FormatName = Literal["classification", "instruction", "completion", "messages", "sharegpt", "text"]
+FormatName = Literal["classification", "regression", "tokens", "instruction", "completion", "messages", "sharegpt", "text"]
 
 
 class MixSource(Section):
@@ -157,9 +158,26 @@ class DataConfig(Section):
         return self
 
 
+TASK_FORMATS_NOT_SFT = {"classification": "label_tokens or seq_cls", "regression": "regression", "tokens": "token_cls"}
+
+
 class TaskConfig(Section):
-    name: Literal["sft", "label_tokens"] = "sft"
+    name: Literal["sft", "label_tokens", "seq_cls", "regression", "token_cls"] = "sft"
     label_words: Optional[list[str]] = Field(None, description="label_tokens: the word for each label (default: the labels)")
+    class_weights: Optional[Union[Literal["balanced"], list[float]]] = Field(
+        None, description="seq_cls / token_cls: a weight per label in the loss, or 'balanced' (inverse label frequency in train)")
+    loss: Literal["mse", "l1", "huber"] = Field("mse", description="regression: the loss")
+    crf: bool = Field(False, description="token_cls: a CRF layer over the tags (pytorch-crf), decoded with Viterbi")
+
+
+class DistillConfig(Section):
+    """Knowledge distillation: the student (this run's model and method) also learns the teacher's
+    output distribution on the positions the task trains on."""
+
+    teacher: str = Field(description="the teacher: a model (alias, directory, hub id) or an lmtune run directory")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the task loss; 1 - alpha goes to the teacher's")
+    temperature: float = Field(2.0, gt=0, description="softens both distributions; the KL term is scaled by T^2")
+    teacher_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: the run's 16-bit precision")
 
 
 class TrainConfig(Section):
@@ -214,6 +232,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: Optional[DistillConfig] = None
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="before")
@@ -244,8 +263,23 @@ class Config(Section):
                 raise ValueError("task label_tokens needs data.labels (the label names)")
             if self.task.label_words is not None and len(self.task.label_words) != len(self.data.labels):
                 raise ValueError("task.label_words needs one word per entry of data.labels")
-        if self.task.name == "sft" and self.data.format == "classification":
-            raise ValueError("data.format classification goes with task label_tokens, not sft")
+        if self.task.name == "sft" and self.data.format in TASK_FORMATS_NOT_SFT:
+            raise ValueError(f"data.format {self.data.format} goes with task {TASK_FORMATS_NOT_SFT[self.data.format]}, not sft")
+        wanted = {"seq_cls": "classification", "regression": "regression", "token_cls": "tokens"}.get(self.task.name)
+        if wanted and self.data.format != wanted:
+            raise ValueError(f"task {self.task.name} needs data.format: {wanted}")
+        if self.task.name in ("seq_cls", "token_cls") and not self.data.labels:
+            raise ValueError(f"task {self.task.name} needs data.labels (the {'tag' if self.task.name == 'token_cls' else 'label'} names)")
+        if self.task.class_weights and self.task.name not in ("seq_cls", "token_cls"):
+            raise ValueError("task.class_weights is for tasks seq_cls and token_cls")
+        if isinstance(self.task.class_weights, list) and len(self.task.class_weights) != len(self.data.labels or []):
+            raise ValueError("task.class_weights needs one weight per entry of data.labels")
+        if self.task.crf and self.task.name != "token_cls":
+            raise ValueError("task.crf is for task token_cls")
+        if self.distill and self.task.name in ("regression", "token_cls"):
+            raise ValueError(f"distill works with tasks label_tokens, sft and seq_cls, not {self.task.name}")
+        if self.data.packing and self.task.name in ("seq_cls", "regression", "token_cls"):
+            raise ValueError(f"task {self.task.name} predicts per row; set data.packing=false")
         if self.train.nesterov and self.train.momentum <= 0:
             raise ValueError("train.nesterov needs train.momentum > 0")
         if getattr(self.method, "lora_plus_ratio", None) and self.train.optimizer != "adamw":

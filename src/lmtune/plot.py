@@ -1,4 +1,5 @@
-"""loss.png for a run, and `lmtune plot RUN_DIR ...` to compare runs on one chart (from log.jsonl)."""
+"""loss.png for a run, `lmtune plot RUN_DIR ...` to compare runs on one chart (from log.jsonl), and
+the confusion matrix of a classification run."""
 
 from __future__ import annotations
 
@@ -72,7 +73,13 @@ def plot_runs(run_dirs: list[Path], output: Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    output = Path(output)
+    return _save(fig, Path(output))
+
+
+def _save(fig, output: Path) -> Path:
+    """Write the figure atomically (temp file + rename) and free it."""
+    import matplotlib.pyplot as plt
+
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".png", dir=output.parent)
     os.close(fd)
     try:
@@ -82,3 +89,24 @@ def plot_runs(run_dirs: list[Path], output: Path) -> Path:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
     return output
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], output: Path) -> Path:
+    """Rows: the true label; columns: the predicted one; each cell its count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title="confusion matrix (validation)")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    top = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
+    fig.tight_layout()
+    return _save(fig, Path(output))

@@ -17,21 +17,23 @@ class PadCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
-        batch: dict[str, list] = {"input_ids": [], "attention_mask": []}
-        has_labels = "labels" in rows[0]
-        if has_labels:
-            batch["labels"] = []
-        for r in rows:
-            n = len(r["input_ids"])
-            pad = width - n
-            batch["input_ids"].append(self._pad(list(r["input_ids"]), pad, self.pad_token_id))
-            batch["attention_mask"].append(self._pad([1] * n, pad, 0))
-            if has_labels:
-                batch["labels"].append(self._pad(list(r["labels"]), pad, IGNORE))
-        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out = {
+            "input_ids": self._batch(rows, "input_ids", width, self.pad_token_id),
+            "attention_mask": torch.tensor([self._pad([1] * len(r["input_ids"]), width - len(r["input_ids"]), 0) for r in rows]),
+        }
+        if "token_type_ids" in rows[0]:  # sentence pairs on BERT-like encoders
+            out["token_type_ids"] = self._batch(rows, "token_type_ids", width, 0)
+        if "labels" in rows[0]:
+            if isinstance(rows[0]["labels"], (list, tuple)):  # one label per token
+                out["labels"] = self._batch(rows, "labels", width, IGNORE)
+            else:  # one class or value per row (seq_cls, regression)
+                out["labels"] = torch.tensor([r["labels"] for r in rows])
         if "label" in rows[0]:
             out["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return out
+
+    def _batch(self, rows, key: str, width: int, fill: int) -> torch.Tensor:
+        return torch.tensor([self._pad(list(r[key]), width - len(r[key]), fill) for r in rows], dtype=torch.long)
 
     @staticmethod
     def _pad(values: list[int], pad: int, fill: int) -> list[int]:

@@ -1,9 +1,12 @@
 """Row formats -> one normal form, checked field by field.
 
-The normal form is a dict with four keys (every example has all four, so that a datasets.Dataset
-can hold them): `messages` (chat turns), `segments` (raw [text, is_target] pieces that bypass the
-template: the completion format), `text` (a raw document: continued pre-training) and `label`
-(a class index, -1 when none). Each converter raises a DataError naming the file, line and field.
+The normal form is a dict with the same keys for every example (so that a datasets.Dataset can hold
+them): `messages` (chat turns), `segments` (raw [text, is_target] pieces that bypass the template:
+the completion format), `text` (a raw document: continued pre-training; the input text of a
+classification or regression row), `pair` (the second text of a sentence pair, "" when none),
+`label` (a class index, -1 when none; the target number for regression), and `words` / `tags`
+(token classification: the words and a tag index for each). Each converter raises a DataError
+naming the file, line and field.
 """
 
 from __future__ import annotations
@@ -28,23 +31,25 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-def example(messages=(), segments=(), text: str = "", label: int = -1) -> Example:
-    return {"messages": list(messages), "segments": [list(s) for s in segments], "text": text, "label": label}
+def example(messages=(), segments=(), text: str = "", label: int | float = -1, pair: str = "",
+            words=(), tags=()) -> Example:
+    return {"messages": list(messages), "segments": [list(s) for s in segments], "text": text, "label": label,
+            "pair": pair, "words": list(words), "tags": list(tags)}
+
+
+JSON_KEYS = ("messages", "segments", "words", "tags")
 
 
 def to_row(ex: Example) -> dict[str, Any]:
-    """Storage form for a datasets.Dataset: turns and segments as JSON text, whose structure
-    (tool calls with arbitrary arguments) Arrow could not hold in one schema."""
-    return {"messages": json.dumps(ex["messages"]), "segments": json.dumps(ex["segments"]),
-            "text": ex["text"], "label": ex["label"]}
+    """Storage form for a datasets.Dataset: lists as JSON text, whose structure (tool calls with
+    arbitrary arguments) Arrow could not hold in one schema."""
+    return {k: json.dumps(v) if k in JSON_KEYS else v for k, v in ex.items()}
 
 
 def from_batch(batch: dict[str, list]) -> list[Example]:
     """The examples of a batched datasets.map call over rows made by to_row."""
-    return [
-        {"messages": json.loads(m), "segments": json.loads(s), "text": t, "label": l}
-        for m, s, t, l in zip(batch["messages"], batch["segments"], batch["text"], batch["label"])
-    ]
+    keys = list(batch)
+    return [{k: json.loads(v) if k in JSON_KEYS else v for k, v in zip(keys, values)} for values in zip(*batch.values())]
 
 
 def column(cfg: DataConfig, field: str) -> str:
@@ -89,7 +94,52 @@ def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
         return str(value)
 
     prompt = _PLACEHOLDER.sub(fill, cfg.prompt)
-    return example(messages=with_system([{"role": "user", "content": prompt}], cfg), label=label)
+    pair = text_field(row, loc, cfg, "text_pair", required=False)
+    return example(messages=with_system([{"role": "user", "content": prompt}], cfg), label=label, text=prompt, pair=pair)
+
+
+@FORMATS.register("regression")
+def regression(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+    """A text (and optionally a second text, text_pair) with a number to predict (label)."""
+    text = text_field(row, loc, cfg, "text")
+    name = column(cfg, "label")
+    value = row.get(name)
+    if isinstance(value, str):  # CSV cells are strings
+        try:
+            value = float(value)
+        except ValueError:
+            raise DataError(f"{loc}: field {name!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        what = "missing" if value is None else f"not a number ({value!r})"
+        raise DataError(f"{loc}: field {name!r} is {what}{_mapping_hint('label', name)}")
+    return example(text=text, pair=text_field(row, loc, cfg, "text_pair", required=False), label=float(value))
+
+
+@FORMATS.register("tokens")
+def tokens(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+    """Token classification: a list of words (tokens) and a tag for each (tags: names from
+    data.labels, or their indices), as in CoNLL / WNUT files converted to JSON lines."""
+    words_name, tags_name = column(cfg, "tokens"), column(cfg, "tags")
+    words, tags = row.get(words_name), row.get(tags_name)
+    for name, value, field in ((words_name, words, "tokens"), (tags_name, tags, "tags")):
+        if not isinstance(value, list) or not value:
+            what = "missing" if value is None else "empty" if value == [] else f"a {type(value).__name__}"
+            raise DataError(f"{loc}: field {name!r} is {what}; expected a non-empty list{_mapping_hint(field, name)}")
+    if len(words) != len(tags):
+        raise DataError(f"{loc}: {len(words)} {words_name} but {len(tags)} {tags_name}; every word needs one tag")
+    for i, w in enumerate(words):
+        if not isinstance(w, str) or not w.strip():
+            raise DataError(f"{loc}: {words_name}[{i}] must be a non-empty string")
+    names = cfg.labels or []
+    ids = []
+    for i, t in enumerate(tags):
+        if isinstance(t, str) and t in names:
+            ids.append(names.index(t))
+        elif isinstance(t, int) and not isinstance(t, bool) and 0 <= t < len(names):
+            ids.append(t)
+        else:
+            raise DataError(f"{loc}: {tags_name}[{i}] = {t!r} is not one of data.labels {names}")
+    return example(words=words, tags=ids)
 
 
 def parse_label(value: Any, loc: str, cfg: DataConfig) -> int:

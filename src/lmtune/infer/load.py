@@ -14,7 +14,18 @@ from lmtune.run_dir import load_run
 SHAREABLE = ("lora", "dora", "ia3")
 
 
+def refuse_non_generating(run_dir, cfg) -> None:
+    from lmtune.errors import ConfigError
+    from lmtune.tasks import TASKS
+
+    if not TASKS.get(cfg.task.name).generates:
+        raise ConfigError(f"{run_dir}: a {cfg.task.name} run predicts labels, it does not generate text; "
+                          "score it with `lmtune eval RUN_DIR --data FILE`")
+
+
 def load_engine(run_dir: str | Path) -> tuple[object, Engine]:
+    if (Path(run_dir) / "config.yaml").is_file():
+        refuse_non_generating(run_dir, load_config(Path(run_dir) / "config.yaml"))
     cfg, model, tokenizer, precision = load_run(run_dir)
     return cfg, Engine(model, tokenizer, Renderer(tokenizer, cfg.data.template), precision)
 

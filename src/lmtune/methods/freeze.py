@@ -10,6 +10,11 @@ from lmtune.errors import ConfigError
 from lmtune.methods import METHODS, Method
 
 
+# The head transformers adds for sequence / token classification (`score` on decoders, `classifier` on
+# encoders), and a task's own layer on top of it (token_cls: `crf`).
+CLASSIFIER_HEADS = ("score", "classifier", "crf")
+
+
 def transformer_blocks(model) -> torch.nn.ModuleList:
     """The list of transformer blocks: the ModuleList as long as the config's layer count."""
     layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
@@ -36,6 +41,10 @@ def apply_freeze(model, options, tokenizer):
             raise ConfigError(f"method.train_patterns: {pattern!r} matches no parameter; module names include: {', '.join(names[:20])}")
         for p in matched:
             p.requires_grad_(True)
+    for head in CLASSIFIER_HEADS:  # a newly added classification head always trains
+        module = getattr(model, head, None)
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("method freeze: nothing would train; set method.train_last_layers > 0 or method.train_patterns")
     return model

@@ -6,6 +6,7 @@ Hugging Face directory, or a hub id (for users who have a hub).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -55,11 +56,23 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None):
-    from transformers import AutoModelForCausalLM
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which transformers class a task trains, with the arguments that shape its head."""
 
+    auto_class: str = "AutoModelForCausalLM"
+    kwargs: tuple = ()  # (name, value) pairs, e.g. num_labels, id2label
+
+
+CAUSAL_LM = ModelSpec()
+
+
+def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None, spec: ModelSpec = CAUSAL_LM):
+    import transformers
+
+    auto = getattr(transformers, spec.auto_class)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             path,
             revision=cfg.revision,
             dtype=dtype,
@@ -67,10 +80,33 @@ def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization
             use_safetensors=True,  # never unpickle a checkpoint
             quantization_config=quantization_config,
             **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}),
+            **dict(spec.kwargs),
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    if cfg.keep_layers:
+        keep_first_layers(model, cfg.keep_layers)
     return model
+
+
+def keep_first_layers(model, n: int) -> None:
+    """Drop every transformer block after the first n (a student initialised from its teacher)."""
+    from lmtune.methods.freeze import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    if n > len(blocks):
+        raise ConfigError(f"model.keep_layers: {n} > the model's {len(blocks)} blocks")
+    del blocks[n:]
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if getattr(config, key, None) is not None:
+            setattr(config, key, n)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:n]
+
+
+def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None):
+    return load_model(path, cfg, dtype, quantization_config)
 
 
 def keep_4bit_layout_for_training(model) -> None:
@@ -82,10 +118,11 @@ def keep_4bit_layout_for_training(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_model_and_tokenizer(cfg: ModelConfig, dtype: torch.dtype, path: Optional[str] = None, quantization_config=None):
+def load_model_and_tokenizer(cfg: ModelConfig, dtype: torch.dtype, path: Optional[str] = None, quantization_config=None,
+                             spec: ModelSpec = CAUSAL_LM):
     path = path or resolve_model_path(cfg)
     tokenizer = load_tokenizer(path, cfg)
-    model = load_causal_lm(path, cfg, dtype, quantization_config)
+    model = load_model(path, cfg, dtype, quantization_config, spec)
     if quantization_config is not None:
         keep_4bit_layout_for_training(model)
     if model.config.pad_token_id is None:

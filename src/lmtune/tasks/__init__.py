@@ -5,4 +5,4 @@ from lmtune.registry import Registry
 TASKS: Registry = Registry("task")
 
 # Importing the modules registers the tasks.
-from lmtune.tasks import label_tokens, sft  # noqa: E402,F401
+from lmtune.tasks import label_tokens, regression, seq_cls, sft, token_cls  # noqa: E402,F401

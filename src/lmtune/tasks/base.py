@@ -6,6 +6,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from lmtune.config import Config
 from lmtune.data.collate import PackCollator, PadCollator
@@ -13,6 +14,7 @@ from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import IGNORE
 from lmtune.hardware import DTYPES
 from lmtune.methods.peft_methods import virtual_tokens_in_sequence
+from lmtune.model.load import CAUSAL_LM, ModelSpec
 
 
 def autocast(device: torch.device, precision: str):
@@ -26,7 +28,7 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
 
 
 def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +54,23 @@ def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 class Task:
     """Base class. A task encodes examples, computes its training loss and its metrics."""
 
+    model_spec = CAUSAL_LM  # which transformers class it trains (classmethod spec() may shape its head)
+    generates = True  # a causal LM that generate / chat / serve can use
+
+    @classmethod
+    def spec(cls, cfg: Config) -> ModelSpec:
+        return cls.model_spec
+
+    def prepare(self, model):
+        """Layers the task adds to the loaded model before the method wraps it (a CRF)."""
+        return model
+
+    def fit(self, train_dataset) -> None:
+        """Whatever the task learns from the tokenised training split before training (class weights)."""
+
+    def write_artifacts(self, out) -> None:
+        """Pictures or files the task adds to the run directory after the final evaluation."""
+
     metric_for_summary = "loss"
     metrics: tuple[str, ...] = ("loss",)  # what evaluate() returns; train.metric_for_best must be one
 
@@ -70,16 +89,22 @@ class Task:
         """A batched datasets.map function: messages (and label) -> input_ids, labels, truncated."""
         raise NotImplementedError
 
+    def logits_and_targets(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N x classes fp32 logits, N targets) at the positions the task trains on: what a
+        distillation teacher is compared on."""
+        raise NotImplementedError
+
     def loss(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """(sum of the per-target losses, number of targets) for one micro-batch."""
-        raise NotImplementedError
+        logits, targets = self.logits_and_targets(model, inputs)
+        return F.cross_entropy(logits, targets, reduction="sum"), targets.numel()
 
     def evaluate(self, model, dataset, batch_size: int, precision: str) -> dict[str, float]:
         raise NotImplementedError
 
     def batches(self, dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Evaluation batches of similar lengths (less padding), moved to the model's device."""
-        columns = {c: dataset[c] for c in ("input_ids", "labels", "label") if c in dataset.column_names}
+        columns = {c: dataset[c] for c in ("input_ids", "token_type_ids", "labels", "label") if c in dataset.column_names}
         lengths = [len(x) for x in columns["input_ids"]]
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         collate = self.collator()

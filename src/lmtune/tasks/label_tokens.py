@@ -53,9 +53,8 @@ class LabelTokensTask(Task):
             out["truncated"].append(cut)
         return out
 
-    def loss(self, model, inputs):
-        logits, targets = target_logits(model, inputs)
-        return F.cross_entropy(logits, targets, reduction="sum"), targets.numel()
+    def logits_and_targets(self, model, inputs):
+        return target_logits(model, inputs)
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from lmtune.data.formats import from_batch
 from lmtune.data.templates import Segment
@@ -54,9 +53,8 @@ class SftTask(Task):
         blocks = [b for b in blocks if len(b) > 1]  # a one-token block predicts nothing
         return {"input_ids": blocks, "labels": [list(b) for b in blocks], "truncated": [False] * len(blocks)}
 
-    def loss(self, model, inputs):
-        logits, targets = target_logits(model, inputs)
-        return F.cross_entropy(logits, targets, reduction="sum"), targets.numel()
+    def logits_and_targets(self, model, inputs):
+        return target_logits(model, inputs)
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):

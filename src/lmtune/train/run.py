@@ -18,7 +18,7 @@ from lmtune.data.dataset import read_splits, stream_split, tokenize_split
 from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.methods import METHODS, trainable_summary
-from lmtune.model.load import load_model_and_tokenizer
+from lmtune.model.load import CAUSAL_LM, load_model_and_tokenizer
 from lmtune.outputs import prepare_output_dir, save_dir_atomic, write_json_atomic, write_text_atomic
 from lmtune.report import print_data_summary, print_run_summary
 from lmtune.tasks import TASKS
@@ -38,7 +38,14 @@ def resolve_precision(requested: str) -> str:
 def quantization(cfg: Config, precision: str):
     """The quantization config of the base (QLoRA), with the run's precision as compute dtype."""
     method = METHODS.get(cfg.method.name)
-    return method.quantization(cfg.method, hardware.DTYPES[precision]) if method.quantization else None
+    if not method.quantization:
+        return None
+    config = method.quantization(cfg.method, hardware.DTYPES[precision])
+    if TASKS.get(cfg.task.name).spec(cfg) != CAUSAL_LM:
+        # A new classification head must stay a plain layer to train; transformers only knows to
+        # skip a causal LM's output layer.
+        config.llm_int8_skip_modules = ["score", "classifier", "lm_head"]
+    return config
 
 
 def weights_dtype(requested: str, precision: str, base_frozen: bool) -> torch.dtype:
@@ -185,8 +192,10 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
     method = METHODS.get(cfg.method.name)
     splits = read_splits(cfg.data, cfg.train.seed)
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision))
-    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
+    task_cls = TASKS.get(cfg.task.name)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision),
+                                                spec=task_cls.spec(cfg))
+    task = task_cls(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
     metric = best_metric(cfg)
     if metric and metric not in task.metrics:
         raise ConfigError(f"train.metric_for_best: task {cfg.task.name} reports {', '.join(task.metrics)}, not {metric!r}")
@@ -197,6 +206,12 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
         tokenized = tokenize_splits(cfg, splits, tokenizer, task)
     train_ds, train_info = tokenized["train"]
     eval_ds, eval_info = tokenized.get("validation", (None, None))
+    task.fit(train_ds)
+    if cfg.distill:
+        from lmtune.train.distill import DistilledTask, load_teacher
+
+        teacher = load_teacher(cfg, task, tokenizer, precision)
+        task = DistilledTask(task, teacher, cfg.distill.alpha, cfg.distill.temperature)
     if main:
         print_data_summary([("train", train_info), ("validation", eval_info)], task.renderer.mode)
 
@@ -208,7 +223,7 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
         write_json_atomic(out / "metrics.json", metrics)
     metrics = {k: v for k, v in metrics.items() if v is not None}
 
-    model = method.apply(model, cfg.method, tokenizer)
+    model = method.apply(task.prepare(model), cfg.method, tokenizer)
     trainable, total = trainable_summary(model)
     weights = "4-bit" if method.quantization else str(dtype).removeprefix("torch.")
     if main:
@@ -230,14 +245,15 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(Progress)
+    # A resumed run's token counter includes the tokens before the checkpoint; its runtime does not.
+    # (Read now: checkpoint rotation may delete the checkpoint during the run.)
+    tokens_before = json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if checkpoint else 0
     with stop.installed():
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     runtime = result.metrics["train_runtime"]
     tokens = int(trainer.state.num_input_tokens_seen)
-    # A resumed run's counter includes the tokens before the checkpoint; its runtime does not.
-    new_tokens = tokens - (json.loads((checkpoint / "trainer_state.json").read_text())
-                           .get("num_input_tokens_seen", 0) if checkpoint else 0)
+    new_tokens = tokens - tokens_before
     metrics["train"] = {
         "runtime_s": round(runtime, 2),
         "steps": trainer.state.global_step,
@@ -268,6 +284,7 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
     if eval_ds is not None and main:
         print("lmtune: final evaluation on the validation split ...", flush=True)
         metrics["final"] = task.evaluate(model, eval_ds, cfg.train.eval_batch_size, precision)
+        task.write_artifacts(out)
     if main:
         saved = save_model(model, tokenizer, out)
         metrics["saved"] = {"path": str(saved), "size_mb": round(dir_size_mb(saved), 2)}

@@ -1,0 +1,156 @@
+"""`lmtune plan`: what a run will cost in memory and time, before it starts, and what to change
+when it does not fit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lmtune.config import Config, validate_config
+from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
+from lmtune.plan.shape import ModelShape, model_shape, trainable_params
+from lmtune.plan.throughput import Rate, memory_bandwidth
+
+COMPARE = ["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"]
+PROMPT_TOKENS = ("prompt_tuning", "p_tuning")
+
+
+@dataclass
+class Plan:
+    method: str
+    total: int
+    trainable: int
+    memory: Memory
+    memory_checkpointed: Memory
+    seconds_per_epoch: float | None
+    steps_per_epoch: int
+
+
+def available_memory(device: str) -> tuple[float, str]:
+    """Free GPU memory, or the RAM the kernel says is available."""
+    import torch
+
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return free, "free GPU memory"
+    with open("/proc/meminfo", encoding="utf-8") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024, "available RAM"
+
+
+def batch_of(cfg: Config, stats: dict | None) -> Batch:
+    """The micro-batch the run will see: from the tokenised data when there is some, else max_length."""
+    virtual = getattr(cfg.method, "num_virtual_tokens", 0) if cfg.method.name in PROMPT_TOKENS else 0
+    length = cfg.data.max_length
+    if stats:
+        return Batch(cfg.train.batch_size, stats["max"], stats["mean"], stats["targets"], virtual)
+    targets = 1 if cfg.task.name == "label_tokens" else length / 2
+    return Batch(cfg.train.batch_size, length, length, targets, virtual)
+
+
+def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int | None, rate: Rate | None,
+                device: str, precision: str, tokenizer=None) -> Plan:
+    trainable = trainable_params(config, cfg.method, tokenizer)
+    name = cfg.method.name
+    kwargs = dict(precision=precision, optimizer=cfg.train.optimizer, device=device,
+                  attention=cfg.model.attn_implementation or "sdpa", double_quant=getattr(cfg.method, "double_quant", True))
+    plain = memory(shape, name, trainable, batch, checkpointing=False, **kwargs)
+    checkpointed = memory(shape, name, trainable, batch, checkpointing=True, **kwargs)
+    t = cfg.train
+    steps = math.ceil(rows / (t.batch_size * t.grad_accum)) if rows else 0
+    seconds = None
+    if rate is not None and rows:
+        micro = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) / rate.flops_per_s
+        optimizer_step = trainable * 32 / rate.bandwidth  # fp32 weights, gradients and two moments, read and written
+        seconds = t.epochs * steps * (t.grad_accum * micro + optimizer_step)
+    return Plan(name, shape.total_params, trainable, plain, checkpointed, seconds, steps)
+
+
+def with_method(cfg: Config, name: str) -> Config:
+    raw = cfg.model_dump(mode="json")
+    raw["method"] = {"name": name}
+    raw["train"]["gradient_checkpointing"] = False
+    raw["data"]["packing"] = False
+    return validate_config(raw, "<compare>")
+
+
+def suggestions(plan: Plan, cfg: Config, shape: ModelShape, batch: Batch, available: float, device: str,
+                precision: str) -> list[str]:
+    """Changes that bring the peak under the memory available, cheapest first."""
+    tips = []
+    if plan.memory_checkpointed.peak <= available and not cfg.train.gradient_checkpointing:
+        tips.append("train.gradient_checkpointing=true (about one more forward pass of time)")
+    if plan.method in ("full", "lora", "dora"):
+        q = memory(shape, "qlora", plan.trainable if plan.method != "full" else 0, batch, precision=precision, device=device)
+        if q.peak <= available:
+            tips.append(f"method.name=qlora (peak {q.peak / GB:.1f} GB)")
+    size, accum = cfg.train.batch_size, cfg.train.grad_accum
+    while size > 1:
+        size, accum = size // 2, accum * 2
+        smaller = Batch(size, batch.length, batch.mean_length, batch.targets, batch.virtual_tokens)
+        m = memory(shape, plan.method, plan.trainable, smaller, precision=precision, device=device)
+        if m.peak <= available:
+            tips.append(f"train.batch_size={size} train.grad_accum={accum} (same batch per update; peak {m.peak / GB:.1f} GB)")
+            break
+    length = batch.length
+    while length > 64:
+        length //= 2
+        shorter = Batch(batch.size, length, min(batch.mean_length, length), min(batch.targets, length), batch.virtual_tokens)
+        m = memory(shape, plan.method, plan.trainable, shorter, precision=precision, device=device)
+        if m.peak <= available:
+            tips.append(f"data.max_length={length} (peak {m.peak / GB:.1f} GB; longer rows are cut)")
+            break
+    return tips or ["nothing short of a larger machine: the weights alone do not fit"]
+
+
+def data_stats(cfg: Config, tokenizer) -> dict | None:
+    """Rows, longest and mean row, and targets per row of the training data, through the real
+    pipeline (cached like a training run's); None without training data."""
+    if not (cfg.data.train or cfg.data.mix) or cfg.data.streaming:
+        return None
+    from lmtune.data.dataset import read_splits, tokenize_split
+    from lmtune.data.templates import Renderer
+    from lmtune.tasks import TASKS
+
+    split = read_splits(cfg.data, cfg.train.seed)["train"]
+    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
+    ds, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
+    targets = sum(sum(l != -100 for l in labels) for labels in ds["labels"])
+    return {"rows": info.rows, "tokens": info.tokens, "max": info.lengths["max"], "mean": info.lengths["mean"],
+            "targets": targets / max(info.rows, 1)}
+
+
+def plan(cfg: Config, compare: bool = False, throughput: float | None = None, config=None, tokenizer=None,
+         measure_rate: bool = True) -> list[Plan]:
+    """The plans (the configured method, or every method) and the table printed for them.
+    `config` (a transformers config) skips loading the model's own; `throughput` is in GFLOP/s."""
+    from lmtune import hardware
+    from lmtune.train.run import resolve_precision
+
+    if config is None:
+        from transformers import AutoConfig
+
+        from lmtune.model.load import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(cfg.model)
+        config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = tokenizer or load_tokenizer(path, cfg.model)
+    device = hardware.device().type
+    precision = resolve_precision(cfg.train.precision)
+    stats = data_stats(cfg, tokenizer) if tokenizer is not None else None
+    batch = batch_of(cfg, stats)
+    shape = model_shape(config)
+    rate = None
+    if throughput:
+        rate = Rate(throughput * 1e9, "given (--throughput)", memory_bandwidth())
+    elif measure_rate and stats:
+        from lmtune.plan.throughput import measure
+
+        rate = measure(config, cfg, batch, precision, tokenizer)
+    configs = [with_method(cfg, name) for name in COMPARE] if compare else [cfg]
+    plans = [plan_method(config, shape, c, batch_of(c, stats), stats and stats["rows"], rate, device, precision, tokenizer)
+             for c in configs]
+    from lmtune.plan.report import print_plans
+
+    print_plans(plans, cfg, shape, batch, stats, rate, device, precision)
+    return plans

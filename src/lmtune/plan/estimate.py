@@ -1,0 +1,97 @@
+"""Memory and time of a training run from the model's shape, the method and the batch: arithmetic
+only. The activation constants were measured on this project's CPU (docs/planner.md says how)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmtune.plan.shape import ModelShape
+
+GB = 1024**3
+
+# Bytes of optimizer state per trained parameter.
+OPTIMIZER_STATE = {"adamw": 8, "adam": 8, "sgd": 0, "adagrad": 4, "adadelta": 8, "rmsprop": 4, "rprop": 8,
+                   "adafactor": 0.5, "adamw_8bit": 2}
+# 4-bit NF4 weights: half a byte, plus one absmax per 64 weights (fp32, or 8-bit with double quantisation).
+NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
+# Activation bytes kept for the backward pass, per token and per transformer block, in units of
+# (4 x hidden + intermediate): measured with saved-tensor hooks on Llama blocks under bf16 autocast.
+ACTIVATION_UNITS = {"lora": 28.0, "dora": 34.0, "qlora": 28.0, "full": 24.0, "freeze": 24.0}
+ACTIVATION_UNITS_OTHER = 20.0  # ia3, prompt tuning, P-tuning, prefix methods: no per-layer adapter inputs
+# What a training process holds besides the model (Python, torch, transformers, the data): CPU RSS.
+PROCESS_OVERHEAD = {"cpu": 0.9 * GB, "cuda": 0.5 * GB}
+
+
+@dataclass
+class Batch:
+    size: int  # rows per micro-batch
+    length: int  # tokens of the longest row (the peak)
+    mean_length: float  # tokens of an average row (the time)
+    targets: float  # tokens with a loss per row (the LM head runs only there)
+    virtual_tokens: int = 0  # prompt tuning / P-tuning put these before each row
+
+
+@dataclass
+class Memory:
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float
+    parts: dict = field(default_factory=dict)
+
+    @property
+    def peak(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+
+
+def weight_bytes(shape: ModelShape, method: str, trainable: int, precision: str, double_quant: bool = True) -> float:
+    low = 4 if precision == "fp32" else 2
+    if method in ("full", "freeze"):
+        # fp32 master weights; under autocast every linear weight also has a 16-bit copy kept for backward.
+        return shape.total_params * 4 + (0 if precision == "fp32" else (shape.block_linear_params + shape.head_params) * 2)
+    if method == "qlora":
+        # What is not 4-bit (embeddings, LM head, norms) stays in the 16-bit dtype (methods/peft_methods.py).
+        rest = shape.total_params - shape.block_linear_params
+        return shape.block_linear_params * NF4_BYTES[double_quant] + rest * low + trainable * 4
+    return (shape.total_params - trainable) * low + trainable * 4
+
+
+def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: str, checkpointing: bool) -> float:
+    units = ACTIVATION_UNITS.get(method, ACTIVATION_UNITS_OTHER)
+    length = batch.length + batch.virtual_tokens
+    tokens = batch.size * length
+    per_layer = tokens * units * (4 * shape.hidden + shape.intermediate)
+    if attention == "eager":  # the softmax output in fp32 and its 16-bit copy, per head
+        per_layer += batch.size * shape.heads * length * length * 6
+    if checkpointing:  # only each block's input is kept; one block is recomputed at a time
+        return tokens * shape.layers * shape.hidden * 2 + per_layer
+    return per_layer * shape.layers
+
+
+def memory(shape: ModelShape, method: str, trainable: int, batch: Batch, *, precision: str = "bf16",
+           optimizer: str = "adamw", attention: str = "sdpa", checkpointing: bool = False,
+           device: str = "cpu", double_quant: bool = True) -> Memory:
+    return Memory(
+        weights=weight_bytes(shape, method, trainable, precision, double_quant),
+        gradients=trainable * 4,
+        optimizer=trainable * OPTIMIZER_STATE.get(optimizer, 8),
+        activations=activation_bytes(shape, method, batch, attention, checkpointing),
+        # Logits at the target positions only, in fp32: the logits, their softmax and its gradient.
+        logits=batch.size * batch.targets * shape.vocab * 4 * 3,
+        overhead=PROCESS_OVERHEAD["cuda" if device == "cuda" else "cpu"],
+    )
+
+
+def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch, checkpointing: bool) -> float:
+    """Forward 2N per token; backward 2N for the input gradients, plus 2N where weights train.
+    Attention adds about 6 x length x hidden per token and layer; the LM head runs on targets only."""
+    tokens = batch.size * (batch.mean_length + batch.virtual_tokens)
+    trained_block = shape.block_params if method == "full" else min(trainable, shape.block_params)
+    per_token = 2 * shape.block_params + 2 * shape.block_params + 2 * trained_block
+    if checkpointing:
+        per_token += 2 * shape.block_params  # the forward pass again
+    attention = 6 * shape.layers * (batch.mean_length + batch.virtual_tokens) * shape.hidden
+    head = batch.size * batch.targets * shape.head_params * (6 if method == "full" else 4)
+    return tokens * (per_token + attention) + head

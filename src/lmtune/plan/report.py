@@ -1,0 +1,47 @@
+"""The planner's table and its advice."""
+
+from __future__ import annotations
+
+from lmtune.plan.estimate import GB
+from lmtune.report import console
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def print_plans(plans, cfg, shape, batch, stats, rate, device, precision) -> None:
+    from rich.table import Table
+
+    from lmtune.plan.command import available_memory, suggestions
+
+    available, where = available_memory(device)
+    data = (f"{stats['rows']:,} rows, mean {stats['mean']:.0f} / longest {stats['max']} tokens, "
+            f"{stats['targets']:.1f} targets per row" if stats else f"no data: rows of {batch.length} tokens assumed")
+    console.print(f"lmtune plan: {cfg.model.name}: {shape.total_params / 1e6:,.1f}M parameters, {shape.layers} blocks; "
+                  f"batch {cfg.train.batch_size} x accumulation {cfg.train.grad_accum}, {precision}, {device}")
+    console.print(f"data: {data}")
+    table = Table(show_header=True)
+    table.add_column("method", no_wrap=True)
+    for column in ("trainable", "weights", "grads + optimizer", "activations + logits", "peak",
+                   "peak, grad. ckpt", "time / epoch", "fits"):
+        table.add_column(column, justify="right")
+    for p in plans:
+        m, c = p.memory, p.memory_checkpointed
+        table.add_row(p.method, f"{p.trainable / 1e6:,.2f}M ({100 * p.trainable / p.total:.2f}%)", f"{m.weights / GB:.2f} GB",
+                      f"{(m.gradients + m.optimizer) / GB:.2f} GB", f"{(m.activations + m.logits) / GB:.2f} GB",
+                      f"{m.peak / GB:.2f} GB", f"{c.peak / GB:.2f} GB", _time(p.seconds_per_epoch),
+                      "yes" if m.peak <= available else ("with ckpt" if c.peak <= available else "no"))
+    console.print(table)
+    console.print(f"{where}: {available / GB:.1f} GB. Peak = weights + gradients + optimizer state + activations + "
+                  f"logits + {plans[0].memory.overhead / GB:.1f} GB for the process itself.")
+    if rate is not None:
+        console.print(f"time: {rate.flops_per_s / 1e9:,.0f} GFLOP/s, {rate.how}; {plans[0].steps_per_epoch:,} optimizer steps per epoch")
+    if len(plans) == 1 and plans[0].memory.peak > available:
+        console.print("does not fit; what would:")
+        for tip in suggestions(plans[0], cfg, shape, batch, available, device, precision):
+            console.print(f"  - {tip}")

@@ -1,0 +1,114 @@
+"""Classification with a head: transformers' *ForSequenceClassification on an encoder (BERT, MiniLM:
+the [CLS] token) or a decoder (Llama, GPT-2: the last non-padding token). The head is new and
+always trains, whatever the method. Sentence pairs (text, text_pair) are encoded as the tokenizer
+pairs them ([SEP] and token_type_ids on BERT)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.data.formats import from_batch
+from lmtune.model.load import ModelSpec
+from lmtune.tasks import TASKS
+from lmtune.tasks.base import MODEL_INPUTS, Task, autocast, model_device
+from lmtune.tasks.label_tokens import macro_f1
+
+
+def encode_texts(tokenizer, batch: dict[str, list], max_length: int) -> dict[str, list]:
+    """input_ids (and token_type_ids) of each row's text, or text pair, cut to max_length."""
+    examples = from_batch(batch)
+    texts = [ex["text"] for ex in examples]
+    pairs = [ex["pair"] for ex in examples]
+    has_pairs = any(pairs)
+    enc = tokenizer(texts, pairs if has_pairs else None, truncation="longest_first" if has_pairs else True,
+                    max_length=max_length)
+    full = tokenizer(texts, pairs if has_pairs else None)["input_ids"]
+    out = {"input_ids": enc["input_ids"], "truncated": [len(f) > max_length for f in full]}
+    if "token_type_ids" in enc and has_pairs:
+        out["token_type_ids"] = enc["token_type_ids"]
+    return out
+
+
+def head_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+    return model(**kwargs).logits.float()
+
+
+@TASKS.register("seq_cls")
+class SeqClsTask(Task):
+    metric_for_summary = "accuracy"
+    metrics = ("accuracy", "f1", "loss")
+    generates = False
+
+    def __init__(self, cfg, tokenizer, renderer):
+        super().__init__(cfg, tokenizer, renderer)
+        self.labels = cfg.data.labels or []
+        self.weights = None  # class weights; "balanced" ones are set from the training labels
+        if isinstance(cfg.task.class_weights, list):
+            self.weights = torch.tensor(cfg.task.class_weights, dtype=torch.float32)
+        self.last_confusion = None
+
+    @classmethod
+    def spec(cls, cfg):
+        names = cfg.data.labels
+        return ModelSpec("AutoModelForSequenceClassification", (
+            ("num_labels", len(names)), ("id2label", dict(enumerate(names))), ("label2id", {n: i for i, n in enumerate(names)})))
+
+    def encode(self, batch):
+        out = encode_texts(self.tokenizer, batch, self.cfg.data.max_length)
+        out["labels"] = list(batch["label"])
+        return out
+
+    def fit(self, train_dataset) -> None:
+        """Class weights 'balanced': weight_c = rows / (classes x rows of class c), as scikit-learn has it."""
+        if self.cfg.task.class_weights != "balanced" or not hasattr(train_dataset, "column_names"):
+            return
+        train_labels = train_dataset["labels"]
+        counts = Counter(train_labels)
+        n, k = len(train_labels), len(self.labels)
+        self.weights = torch.tensor([n / (k * counts[c]) if counts[c] else 0.0 for c in range(k)])
+
+    def logits_and_targets(self, model, inputs):
+        return head_logits(model, inputs), inputs["labels"]
+
+    def loss(self, model, inputs):
+        logits = head_logits(model, inputs)
+        weight = self.weights.to(logits.device) if self.weights is not None else None
+        labels = inputs["labels"]
+        return F.cross_entropy(logits, labels, weight=weight, reduction="sum"), labels.numel()
+
+    @torch.inference_mode()
+    def predict(self, model, batch) -> torch.Tensor:
+        return head_logits(model, batch).argmax(-1)
+
+    @torch.inference_mode()
+    def evaluate(self, model, dataset, batch_size, precision):
+        device = model_device(model)
+        was_training = model.training
+        model.eval()
+        preds, golds, loss_sum = [], [], 0.0
+        with autocast(device, precision):
+            for batch in self.batches(dataset, batch_size):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = head_logits(model, batch)
+                loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+                preds += logits.argmax(-1).tolist()
+                golds += batch["labels"].tolist()
+        model.train(was_training)
+        k = len(self.labels)
+        confusion = [[0] * k for _ in range(k)]
+        for p, g in zip(preds, golds):
+            confusion[g][p] += 1
+        self.last_confusion = confusion
+        return {"accuracy": sum(p == g for p, g in zip(preds, golds)) / len(golds),
+                "f1": macro_f1(preds, golds, k), "loss": loss_sum / len(golds)}
+
+    def write_artifacts(self, out) -> None:
+        if self.last_confusion is not None:
+            from lmtune.plot import plot_confusion
+
+            plot_confusion(self.last_confusion, self.labels, Path(out) / "confusion_matrix.png")

@@ -1,0 +1,65 @@
+"""Knowledge distillation: the student learns the labels and the teacher's output distribution.
+
+loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T), on exactly the
+positions the task trains on (the label word, the answer tokens, the class head), summed and then
+normalised like every lmtune loss. The teacher runs in eval mode without gradients, in a 16-bit
+dtype by default; it must share the student's tokenizer, since the two are compared token by token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lmtune import hardware
+from lmtune.config import Config, ModelConfig
+from lmtune.errors import ConfigError
+
+
+def load_teacher(cfg: Config, task, student_tokenizer, precision: str):
+    """The teacher model in eval mode on the device: an lmtune run directory, or a model name."""
+    from lmtune.model.load import load_model, load_tokenizer, resolve_model_path
+
+    d = cfg.distill
+    dtype = hardware.DTYPES[d.teacher_dtype if d.teacher_dtype != "auto" else precision]
+    run = Path(d.teacher)
+    is_run = (run / "config.yaml").is_file()
+    model_cfg = ModelConfig(name=d.teacher)
+    path = next((str(run / s) for s in ("model", "adapter") if (run / s).is_dir()), d.teacher) if is_run else resolve_model_path(model_cfg)
+    # The tokenizers are compared before the teacher's weights are loaded.
+    if load_tokenizer(path, model_cfg).get_vocab() != student_tokenizer.get_vocab():
+        raise ConfigError(f"distill.teacher: {d.teacher} has another tokenizer than the student ({cfg.model.name}); "
+                          "distillation compares their outputs token by token, so both must use the same one")
+    if is_run:
+        from lmtune.run_dir import load_run
+
+        teacher = load_run(d.teacher, dtype=dtype)[1]
+    else:
+        teacher = load_model(path, model_cfg, dtype, spec=type(task).spec(cfg)).to(hardware.device())
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+class DistilledTask:
+    """The task, with its training loss mixed with the teacher's; everything else is the task's."""
+
+    def __init__(self, task, teacher, alpha: float, temperature: float):
+        self.task, self.teacher, self.alpha, self.temperature = task, teacher, alpha, temperature
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, inputs):
+        logits, targets = self.task.logits_and_targets(model, inputs)
+        with torch.no_grad():
+            teacher_logits, _ = self.task.logits_and_targets(self.teacher, inputs)
+        if teacher_logits.shape != logits.shape:
+            raise ConfigError(f"distill.teacher predicts {teacher_logits.shape[-1]} classes where the student has "
+                              f"{logits.shape[-1]}; teacher and student need the same label space")
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
+                        log_target=True, reduction="sum") * t * t
+        hard = F.cross_entropy(logits, targets, reduction="sum")
+        return self.alpha * hard + (1 - self.alpha) * soft, targets.numel()
