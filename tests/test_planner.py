@@ -47,7 +47,10 @@ def test_compare_orders_methods_by_what_they_train_and_hold(tiny_llama, capsys):
     assert plans["full"].trainable == plans["full"].total
     assert plans["lora"].trainable < plans["full"].trainable
     assert plans["full"].memory.optimizer == plans["full"].trainable * 8  # two AdamW moments in fp32
-    assert plans["full"].memory.peak > plans["lora"].memory.peak
+    static = lambda m: m.weights + m.gradients + m.optimizer  # noqa: E731
+    assert static(plans["full"].memory) > 3 * static(plans["lora"].memory)
+    # LoRA keeps each adapted layer's input again (and a dropout mask): more activation memory than full.
+    assert plans["lora"].memory.activations > plans["full"].memory.activations
     for p in plans.values():
         assert p.memory_checkpointed.activations <= p.memory.activations
         assert p.steps_per_epoch == 16 and p.seconds_per_epoch > 0  # 64 rows / batch 4

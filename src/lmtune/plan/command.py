@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from lmtune.config import Config, validate_config
 from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
 from lmtune.plan.shape import ModelShape, model_shape, trainable_params
-from lmtune.plan.throughput import Rate, memory_bandwidth
+from lmtune.plan.throughput import Rate, adamw_seconds_per_param
 
 COMPARE = ["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"]
 PROMPT_TOKENS = ("prompt_tuning", "p_tuning")
@@ -53,7 +53,8 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
     trainable = trainable_params(config, cfg.method, tokenizer)
     name = cfg.method.name
     kwargs = dict(precision=precision, optimizer=cfg.train.optimizer, device=device,
-                  attention=cfg.model.attn_implementation or "sdpa", double_quant=getattr(cfg.method, "double_quant", True))
+                  attention=cfg.model.attn_implementation or "sdpa", double_quant=getattr(cfg.method, "double_quant", True),
+                  lora_dropout=getattr(cfg.method, "dropout", 0.0))
     plain = memory(shape, name, trainable, batch, checkpointing=False, **kwargs)
     checkpointed = memory(shape, name, trainable, batch, checkpointing=True, **kwargs)
     t = cfg.train
@@ -61,7 +62,7 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
     seconds = None
     if rate is not None and rows:
         micro = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) / rate.flops_per_s
-        optimizer_step = trainable * 32 / rate.bandwidth  # fp32 weights, gradients and two moments, read and written
+        optimizer_step = trainable * rate.optimizer_s_per_param
         seconds = t.epochs * steps * (t.grad_accum * micro + optimizer_step)
     return Plan(name, shape.total_params, trainable, plain, checkpointed, seconds, steps)
 
@@ -142,7 +143,7 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
     shape = model_shape(config)
     rate = None
     if throughput:
-        rate = Rate(throughput * 1e9, "given (--throughput)", memory_bandwidth())
+        rate = Rate(throughput * 1e9, "given (--throughput)", adamw_seconds_per_param())
     elif measure_rate and stats:
         from lmtune.plan.throughput import measure
 

@@ -1,5 +1,6 @@
 """Memory and time of a training run from the model's shape, the method and the batch: arithmetic
-only. The activation constants were measured on this project's CPU (docs/planner.md says how)."""
+only. The activation, logits and process constants were fitted to measured peak RSS of 16 SmolLM2
+runs on this project's CPU (bench/planner.py; docs/planner.md has the table)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ OPTIMIZER_STATE = {"adamw": 8, "adam": 8, "sgd": 0, "adagrad": 4, "adadelta": 8,
 # 4-bit NF4 weights: half a byte, plus one absmax per 64 weights (fp32, or 8-bit with double quantisation).
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 # Activation bytes kept for the backward pass, per token and per transformer block, in units of
-# (4 x hidden + intermediate): measured with saved-tensor hooks on Llama blocks under bf16 autocast.
-ACTIVATION_UNITS = {"lora": 28.0, "dora": 34.0, "qlora": 28.0, "full": 24.0, "freeze": 24.0}
-ACTIVATION_UNITS_OTHER = 20.0  # ia3, prompt tuning, P-tuning, prefix methods: no per-layer adapter inputs
+# (4 x hidden + intermediate); fitted (bench/planner.py). LoRA keeps more than full fine-tuning: each
+# adapted layer holds its input again in fp32 for the adapter, and a dropout mask when dropout > 0.
+ACTIVATION_UNITS = {"lora": 15.4, "dora": 15.4, "qlora": 15.6, "full": 9.3, "freeze": 9.3}
+LORA_DROPOUT_UNITS = 5.2  # one fp32 mask per adapted layer input: 4 bytes x (6 x hidden + intermediate)
+ACTIVATION_UNITS_OTHER = 8.5  # ia3, prompt tuning, P-tuning, prefix methods: no per-layer adapter inputs
+LOGIT_BYTES = 5.3  # per target position and vocabulary entry (fp32 logits, softmax and gradient, partly freed)
 # What a training process holds besides the model (Python, torch, transformers, the data): CPU RSS.
-PROCESS_OVERHEAD = {"cpu": 0.9 * GB, "cuda": 0.5 * GB}
+PROCESS_OVERHEAD = {"cpu": 0.6 * GB, "cuda": 0.5 * GB}
 
 
 @dataclass
@@ -58,8 +62,11 @@ def weight_bytes(shape: ModelShape, method: str, trainable: int, precision: str,
     return (shape.total_params - trainable) * low + trainable * 4
 
 
-def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: str, checkpointing: bool) -> float:
+def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: str, checkpointing: bool,
+                     lora_dropout: float = 0.0) -> float:
     units = ACTIVATION_UNITS.get(method, ACTIVATION_UNITS_OTHER)
+    if method in ("lora", "dora", "qlora") and lora_dropout > 0:
+        units += LORA_DROPOUT_UNITS
     length = batch.length + batch.virtual_tokens
     tokens = batch.size * length
     per_layer = tokens * units * (4 * shape.hidden + shape.intermediate)
@@ -72,14 +79,13 @@ def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: st
 
 def memory(shape: ModelShape, method: str, trainable: int, batch: Batch, *, precision: str = "bf16",
            optimizer: str = "adamw", attention: str = "sdpa", checkpointing: bool = False,
-           device: str = "cpu", double_quant: bool = True) -> Memory:
+           device: str = "cpu", double_quant: bool = True, lora_dropout: float = 0.0) -> Memory:
     return Memory(
         weights=weight_bytes(shape, method, trainable, precision, double_quant),
         gradients=trainable * 4,
         optimizer=trainable * OPTIMIZER_STATE.get(optimizer, 8),
-        activations=activation_bytes(shape, method, batch, attention, checkpointing),
-        # Logits at the target positions only, in fp32: the logits, their softmax and its gradient.
-        logits=batch.size * batch.targets * shape.vocab * 4 * 3,
+        activations=activation_bytes(shape, method, batch, attention, checkpointing, lora_dropout),
+        logits=batch.size * batch.targets * shape.vocab * LOGIT_BYTES,  # the LM head runs at targets only
         overhead=PROCESS_OVERHEAD["cuda" if device == "cuda" else "cpu"],
     )
 

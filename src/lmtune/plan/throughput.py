@@ -23,7 +23,7 @@ DEFAULT_EFFICIENCY = 0.25
 class Rate:
     flops_per_s: float  # useful training FLOP/s for this model, method and batch
     how: str  # how it was obtained, shown to the user
-    bandwidth: float  # bytes/s, for the optimizer step
+    optimizer_s_per_param: float  # one AdamW step, per trained parameter
 
 
 def device() -> torch.device:
@@ -47,10 +47,12 @@ def gemm_rate(dtype=torch.bfloat16, seconds: float = 1.0) -> float:
     return 2 * 2048**3 / _timed(lambda: a @ b, seconds)
 
 
-def memory_bandwidth(seconds: float = 0.5) -> float:
-    x = torch.empty(16 * 2**20, dtype=torch.float32, device=device())
-    y = torch.empty_like(x)
-    return 2 * x.numel() * 4 / _timed(lambda: y.copy_(x), seconds)
+def adamw_seconds_per_param(seconds: float = 0.5) -> float:
+    """One torch AdamW step (the default optimizer), timed on 4M fp32 parameters."""
+    p = torch.nn.Parameter(torch.randn(4 * 2**20, device=device()))
+    p.grad = torch.randn_like(p)
+    optimizer = torch.optim.AdamW([p], lr=1e-4)
+    return _timed(optimizer.step, seconds) / p.numel()
 
 
 def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: float = 2.0) -> Rate:
@@ -62,13 +64,13 @@ def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: 
     from lmtune.tasks.base import autocast
     from lmtune.train.run import weights_dtype
 
-    bandwidth = memory_bandwidth()
+    optimizer = adamw_seconds_per_param()
     one = copy.deepcopy(config)
     one.num_hidden_layers, one.vocab_size = 1, 256
     shape = model_shape(one)
     if shape.block_params > MAX_TIMED_BLOCK_PARAMS:
         rate = gemm_rate(DTYPES["bf16" if precision == "fp32" else precision]) * DEFAULT_EFFICIENCY
-        return Rate(rate, f"{DEFAULT_EFFICIENCY:.0%} of the measured GEMM rate (a block is too big to time here)", bandwidth)
+        return Rate(rate, f"{DEFAULT_EFFICIENCY:.0%} of the measured GEMM rate (a block is too big to time here)", optimizer)
     method = METHODS.get(cfg.method.name)
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
     torch.manual_seed(0)
@@ -89,4 +91,4 @@ def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: 
     seconds_per_step = _timed(step, seconds)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops = flops_per_step(shape, cfg.method.name, trainable, Batch(batch.size, length, length, batch.targets), False)
-    return Rate(flops / seconds_per_step, "timed on one block of this model on this machine", bandwidth)
+    return Rate(flops / seconds_per_step, "timed on one block of this model on this machine", optimizer)

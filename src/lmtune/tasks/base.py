@@ -102,6 +102,19 @@ class Task:
     def evaluate(self, model, dataset, batch_size: int, precision: str) -> dict[str, float]:
         raise NotImplementedError
 
+    def eval_batches(self, model, dataset, batch_size: int, precision: str) -> Iterator[dict[str, torch.Tensor]]:
+        """Evaluation batches on the model's device, with the model in eval mode and under the run's
+        autocast; the model's mode is restored afterwards. Call under torch.inference_mode()."""
+        device = model_device(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with autocast(device, precision):
+                for batch in self.batches(dataset, batch_size):
+                    yield {k: v.to(device) for k, v in batch.items()}
+        finally:
+            model.train(was_training)
+
     def batches(self, dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Evaluation batches of similar lengths (less padding), moved to the model's device."""
         columns = {c: dataset[c] for c in ("input_ids", "token_type_ids", "labels", "label") if c in dataset.column_names}

@@ -14,7 +14,7 @@ from lmtune.data.tokenize import IGNORE, tokenize_segments, truncate
 from lmtune.errors import ConfigError
 from lmtune.tasks import TASKS
 from lmtune.data.formats import from_batch
-from lmtune.tasks.base import Task, autocast, model_device, target_logits
+from lmtune.tasks.base import Task, model_device, target_logits
 
 
 @TASKS.register("label_tokens")
@@ -58,19 +58,13 @@ class LabelTokensTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
         preds, golds, loss_sum = [], [], 0.0
-        label_ids = torch.tensor(self.label_token_ids, device=device)
-        with autocast(device, precision):
-            for batch in self.batches(dataset, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits, targets = target_logits(model, batch)
-                loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-                preds += logits[:, label_ids].argmax(-1).tolist()
-                golds += batch["label"].tolist()
-        model.train(was_training)
+        label_ids = torch.tensor(self.label_token_ids, device=model_device(model))
+        for batch in self.eval_batches(model, dataset, batch_size, precision):
+            logits, targets = target_logits(model, batch)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            preds += logits[:, label_ids].argmax(-1).tolist()
+            golds += batch["label"].tolist()
         return {
             "accuracy": sum(p == g for p, g in zip(preds, golds)) / len(golds),
             "f1": macro_f1(preds, golds, len(self.label_words)),

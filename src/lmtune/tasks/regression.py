@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from lmtune.model.load import ModelSpec
 from lmtune.tasks import TASKS
-from lmtune.tasks.base import autocast, model_device
 from lmtune.tasks.seq_cls import SeqClsTask, head_logits
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
@@ -48,16 +47,10 @@ class RegressionTask(SeqClsTask):
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
         preds, golds = [], []
-        with autocast(device, precision):
-            for batch in self.batches(dataset, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                preds.append(head_logits(model, batch).squeeze(-1).cpu())
-                golds.append(batch["labels"].float().cpu())
-        model.train(was_training)
+        for batch in self.eval_batches(model, dataset, batch_size, precision):
+            preds.append(head_logits(model, batch).squeeze(-1).cpu())
+            golds.append(batch["labels"].float().cpu())
         p, g = torch.cat(preds).double(), torch.cat(golds).double()
         return {"pearson": pearson(p, g), "spearman": pearson(ranks(p), ranks(g)),
                 "rmse": (p - g).pow(2).mean().sqrt().item(), "loss": LOSSES[self.cfg.task.loss](p, g).item()}

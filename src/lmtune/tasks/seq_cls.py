@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lmtune.data.formats import from_batch
 from lmtune.model.load import ModelSpec
 from lmtune.tasks import TASKS
-from lmtune.tasks.base import MODEL_INPUTS, Task, autocast, model_device
+from lmtune.tasks.base import MODEL_INPUTS, Task
 from lmtune.tasks.label_tokens import macro_f1
 
 
@@ -87,18 +87,12 @@ class SeqClsTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
         preds, golds, loss_sum = [], [], 0.0
-        with autocast(device, precision):
-            for batch in self.batches(dataset, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits = head_logits(model, batch)
-                loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-                preds += logits.argmax(-1).tolist()
-                golds += batch["labels"].tolist()
-        model.train(was_training)
+        for batch in self.eval_batches(model, dataset, batch_size, precision):
+            logits = head_logits(model, batch)
+            loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            preds += logits.argmax(-1).tolist()
+            golds += batch["labels"].tolist()
         k = len(self.labels)
         confusion = [[0] * k for _ in range(k)]
         for p, g in zip(preds, golds):

@@ -11,7 +11,7 @@ from lmtune.data.formats import from_batch
 from lmtune.data.templates import Segment
 from lmtune.data.tokenize import bos_prefix, tokenize_segments, truncate
 from lmtune.tasks import TASKS
-from lmtune.tasks.base import Task, autocast, model_device, target_logits
+from lmtune.tasks.base import Task, target_logits
 
 
 @TASKS.register("sft")
@@ -58,16 +58,10 @@ class SftTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
         loss_sum, count = 0.0, 0
-        with autocast(device, precision):
-            for batch in self.batches(dataset, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                s, n = self.loss(model, batch)
-                loss_sum += float(s)
-                count += n
-        model.train(was_training)
+        for batch in self.eval_batches(model, dataset, batch_size, precision):
+            s, n = self.loss(model, batch)
+            loss_sum += float(s)
+            count += n
         loss = loss_sum / max(count, 1)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50))}

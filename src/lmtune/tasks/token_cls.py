@@ -11,7 +11,7 @@ from lmtune.data.formats import from_batch
 from lmtune.data.tokenize import IGNORE
 from lmtune.model.load import ModelSpec
 from lmtune.tasks import TASKS
-from lmtune.tasks.base import MODEL_INPUTS, Task, autocast, model_device
+from lmtune.tasks.base import MODEL_INPUTS, Task
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
@@ -138,19 +138,13 @@ class TokenClsTask(Task):
     def evaluate(self, model, dataset, batch_size, precision):
         from seqeval.metrics import f1_score, precision_score, recall_score
 
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
         predicted, gold, loss_sum, count = [], [], 0.0, 0
-        with autocast(device, precision):
-            for batch in self.batches(dataset, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                s, n = self.loss(model, batch)
-                loss_sum, count = loss_sum + float(s), count + n
-                p, g = self.predict(model, batch)
-                predicted += p
-                gold += g
-        model.train(was_training)
+        for batch in self.eval_batches(model, dataset, batch_size, precision):
+            s, n = self.loss(model, batch)
+            loss_sum, count = loss_sum + float(s), count + n
+            p, g = self.predict(model, batch)
+            predicted += p
+            gold += g
         names = lambda rows: [[self.tags[t] for t in row] for row in rows]  # noqa: E731
         pred_names, gold_names = names(predicted), names(gold)
         correct = sum(p == g for pr, gr in zip(predicted, gold) for p, g in zip(pr, gr))
