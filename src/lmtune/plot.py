@@ -11,9 +11,6 @@ from pathlib import Path
 from lmtune.errors import ConfigError
 
 
-
-
-
 def read_log(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():

@@ -67,6 +67,12 @@ class ModelSpec:
 CAUSAL_LM = ModelSpec()
 
 
+def labelled_head(auto_class: str, names: list[str]) -> ModelSpec:
+    """A classification class with one output per label name, the names kept in its config."""
+    return ModelSpec(auto_class, (("num_labels", len(names)), ("id2label", dict(enumerate(names))),
+                                  ("label2id", {n: i for i, n in enumerate(names)})))
+
+
 def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None, spec: ModelSpec = CAUSAL_LM):
     import transformers
 
@@ -103,10 +109,6 @@ def keep_first_layers(model, n: int) -> None:
             setattr(config, key, n)
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:n]
-
-
-def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None):
-    return load_model(path, cfg, dtype, quantization_config)
 
 
 def keep_4bit_layout_for_training(model) -> None:

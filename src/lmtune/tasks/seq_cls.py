@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lmtune.data.formats import from_batch
-from lmtune.model.load import ModelSpec
+from lmtune.model.load import labelled_head
 from lmtune.tasks import TASKS
 from lmtune.tasks.base import MODEL_INPUTS, Task
 from lmtune.tasks.label_tokens import macro_f1
@@ -54,9 +54,7 @@ class SeqClsTask(Task):
 
     @classmethod
     def spec(cls, cfg):
-        names = cfg.data.labels
-        return ModelSpec("AutoModelForSequenceClassification", (
-            ("num_labels", len(names)), ("id2label", dict(enumerate(names))), ("label2id", {n: i for i, n in enumerate(names)})))
+        return labelled_head("AutoModelForSequenceClassification", cfg.data.labels)
 
     def encode(self, batch):
         out = encode_texts(self.tokenizer, batch, self.cfg.data.max_length)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lmtune.data.formats import from_batch
 from lmtune.data.tokenize import IGNORE
-from lmtune.model.load import ModelSpec
+from lmtune.model.load import labelled_head
 from lmtune.tasks import TASKS
 from lmtune.tasks.base import MODEL_INPUTS, Task
 
@@ -73,9 +73,7 @@ class TokenClsTask(Task):
 
     @classmethod
     def spec(cls, cfg):
-        names = cfg.data.labels
-        return ModelSpec("AutoModelForTokenClassification", (
-            ("num_labels", len(names)), ("id2label", dict(enumerate(names))), ("label2id", {n: i for i, n in enumerate(names)})))
+        return labelled_head("AutoModelForTokenClassification", cfg.data.labels)
 
     def prepare(self, model):
         if self.cfg.task.crf:
