@@ -71,3 +71,63 @@ def test_plan_without_a_config_and_advice_when_it_does_not_fit(tmp_path, capsys,
                  "--throughput", "1000"]) == 0
     out = capsys.readouterr().out
     assert "does not fit" in out and "nothing short of a larger machine" in out
+
+
+def test_padded_length_replays_the_trainers_batches():
+    from lmtune.plan.batching import padded_length
+
+    lengths = [10, 100] * 200
+    assert padded_length(lengths, 1, grouped=False, seed=0) == 55  # one row per batch: no padding
+    assert padded_length([7] * 40, 4, grouped=True, seed=0) == 7
+    random = padded_length(lengths, 8, grouped=False, seed=0)
+    grouped = padded_length(lengths, 8, grouped=True, seed=0)
+    assert random > 99  # eight rows drawn at random: almost always one of 100 tokens
+    assert grouped < 60  # mega-batches sorted by length: at most one batch in each mixes the two lengths
+    assert padded_length(lengths[:12], 4, grouped=True, seed=0) > 55  # too few rows for mega-batches
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "prompt_tuning"])
+def test_the_step_is_timed_on_the_real_method(tiny_llama, method):
+    """One block with the method applied (QLoRA through bitsandbytes' 4-bit layers) and the head at the
+    real vocabulary, each timed; their sum over the depth is the step the plan multiplies."""
+    from lmtune.plan import throughput
+    from lmtune.plan.estimate import Batch
+
+    cfg = load_config(None, [f"model.name={tiny_llama}", *SENTIMENT, f"method.name={method}"])
+    built = []
+    real_model = throughput._model
+    throughput._model = lambda *a, **k: built.append(real_model(*a, **k)) or built[-1]
+    try:
+        from transformers import AutoConfig
+
+        rate = throughput.measure(AutoConfig.from_pretrained(tiny_llama), cfg, Batch(2, 16, 12, 3), "bf16", seconds=0.05)
+    finally:
+        throughput._model = real_model
+    block, rest = built
+    assert rate.step_s > 0 and rate.flops_per_s > 0 and rate.optimizer_s_per_param > 0
+    assert block.config.num_hidden_layers == 1 and rest.config.num_hidden_layers == 0
+    assert rest.config.vocab_size == AutoConfig.from_pretrained(tiny_llama).vocab_size
+    kinds = {type(m).__name__ for m in block.modules()}
+    assert ("Linear4bit" in kinds) == (method == "qlora")
+    trains = {n for n, p in block.named_parameters() if p.requires_grad}
+    assert {"full": len(trains) == len(list(block.parameters())), "prompt_tuning": not trains}.get(
+        method, bool(trains) and all("lora_" in n for n in trains))
+
+
+def test_the_plan_counts_padding(tmp_path, tiny_llama):
+    """Rows of very different lengths in random batches are computed at the longest row of each."""
+    from conftest import write_jsonl
+
+    from lmtune.model.load import load_tokenizer
+    from lmtune.plan.command import batch_of, data_stats
+
+    rows = [{"text": "word " * (2 if i % 2 else 50), "label": "positive"} for i in range(400)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = [f"model.name={tiny_llama}", *SENTIMENT, f"data.train={path}", "data.validation=null",
+            "data.max_samples=null", "train.batch_size=8"]
+
+    tokenizer = load_tokenizer(str(tiny_llama), load_config(None, base).model)
+    stats = {g: data_stats(load_config(None, [*base, f"train.group_by_length={g}"]), tokenizer) for g in (False, True)}
+    assert stats[False]["padded"] > 1.5 * stats[False]["mean"]
+    assert stats[True]["padded"] < stats[False]["padded"]
+    assert batch_of(load_config(None, base), stats[False]).computed_length == stats[False]["padded"]

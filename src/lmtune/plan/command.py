@@ -43,7 +43,7 @@ def batch_of(cfg: Config, stats: dict | None) -> Batch:
     virtual = getattr(cfg.method, "num_virtual_tokens", 0) if cfg.method.name in PROMPT_TOKENS else 0
     length = cfg.data.max_length
     if stats:
-        return Batch(cfg.train.batch_size, stats["max"], stats["mean"], stats["targets"], virtual)
+        return Batch(cfg.train.batch_size, stats["max"], stats["mean"], stats["targets"], virtual, stats["padded"])
     targets = 1 if cfg.task.name == "label_tokens" else length / 2
     return Batch(cfg.train.batch_size, length, length, targets, virtual)
 
@@ -61,9 +61,14 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
     steps = math.ceil(rows / (t.batch_size * t.grad_accum)) if rows else 0
     seconds = None
     if rate is not None and rows:
-        micro = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) / rate.flops_per_s
+        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing)
+        if rate.step_s is None:
+            micro = flops / rate.flops_per_s
+        else:  # the step timed for the configured method, scaled to this method's (and checkpointing's) FLOPs
+            micro = rate.step_s * flops / rate.step_flops
         optimizer_step = trainable * rate.optimizer_s_per_param
-        seconds = t.epochs * steps * (t.grad_accum * micro + optimizer_step)
+        seconds = t.epochs * steps * (t.grad_accum * micro + optimizer_step) + rate.first_step_s
+        seconds += trainable * rate.optimizer_first_per_param
     return Plan(name, shape.total_params, trainable, plain, checkpointed, seconds, steps)
 
 
@@ -110,15 +115,20 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
     if not (cfg.data.train or cfg.data.mix) or cfg.data.streaming:
         return None
     from lmtune.data.dataset import read_splits, tokenize_split
+    from lmtune.data.preview import token_labels
     from lmtune.data.templates import Renderer
+    from lmtune.plan.batching import padded_length
     from lmtune.tasks import TASKS
 
     split = read_splits(cfg.data, cfg.train.seed)["train"]
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
     ds, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
-    targets = sum(sum(l != -100 for l in labels) for labels in ds["labels"])
+    targets = sum(sum(l != -100 for l in labels) for labels in token_labels(ds["labels"]))
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    computed = info.lengths["mean"] if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
+        lengths, cfg.train.batch_size, cfg.train.group_by_length, cfg.train.seed)
     return {"rows": info.rows, "tokens": info.tokens, "max": info.lengths["max"], "mean": info.lengths["mean"],
-            "targets": targets / max(info.rows, 1)}
+            "padded": computed, "targets": targets / max(info.rows, 1)}
 
 
 def plan(cfg: Config, compare: bool = False, throughput: float | None = None, config=None, tokenizer=None,
@@ -143,11 +153,12 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
     shape = model_shape(config)
     rate = None
     if throughput:
-        rate = Rate(throughput * 1e9, "given (--throughput)", adamw_seconds_per_param())
+        rate = Rate(throughput * 1e9, "given (--throughput)", *adamw_seconds_per_param())
     elif measure_rate and stats:
         from lmtune.plan.throughput import measure
 
         rate = measure(config, cfg, batch, precision, tokenizer)
+        rate.step_flops = flops_per_step(shape, cfg.method.name, trainable_params(config, cfg.method, tokenizer), batch, False)
     configs = [with_method(cfg, name) for name in COMPARE] if compare else [cfg]
     plans = [plan_method(config, shape, c, batch_of(c, stats), stats and stats["rows"], rate, device, precision, tokenizer)
              for c in configs]

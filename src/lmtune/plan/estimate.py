@@ -33,6 +33,11 @@ class Batch:
     mean_length: float  # tokens of an average row (the time)
     targets: float  # tokens with a loss per row (the LM head runs only there)
     virtual_tokens: int = 0  # prompt tuning / P-tuning put these before each row
+    padded_length: float | None = None  # tokens a row is computed at, padding included (the time); None: mean_length
+
+    @property
+    def computed_length(self) -> float:
+        return (self.padded_length or self.mean_length) + self.virtual_tokens
 
 
 @dataclass
@@ -91,13 +96,13 @@ def memory(shape: ModelShape, method: str, trainable: int, batch: Batch, *, prec
 
 
 def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch, checkpointing: bool) -> float:
-    """Forward 2N per token; backward 2N for the input gradients, plus 2N where weights train.
+    """Forward 2N per computed token (padding included); backward 2N for the input gradients, plus 2N where weights train.
     Attention adds about 6 x length x hidden per token and layer; the LM head runs on targets only."""
-    tokens = batch.size * (batch.mean_length + batch.virtual_tokens)
+    tokens = batch.size * batch.computed_length
     trained_block = shape.block_params if method == "full" else min(trainable, shape.block_params)
     per_token = 2 * shape.block_params + 2 * shape.block_params + 2 * trained_block
     if checkpointing:
         per_token += 2 * shape.block_params  # the forward pass again
-    attention = 6 * shape.layers * (batch.mean_length + batch.virtual_tokens) * shape.hidden
+    attention = 6 * shape.layers * batch.computed_length * shape.hidden
     head = batch.size * batch.targets * shape.head_params * (6 if method == "full" else 4)
     return tokens * (per_token + attention) + head

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from lmtune.plan.estimate import Batch, flops_per_step
-from lmtune.plan.shape import lora_like, model_shape
+from lmtune.plan.shape import model_shape
 
 # A block larger than this is not built to be timed (a 70B block is 0.9B parameters).
 MAX_TIMED_BLOCK_PARAMS = 60_000_000
@@ -24,71 +24,160 @@ class Rate:
     flops_per_s: float  # useful training FLOP/s for this model, method and batch
     how: str  # how it was obtained, shown to the user
     optimizer_s_per_param: float  # one AdamW step, per trained parameter
+    optimizer_first_per_param: float = 0.0  # the first step's extra (it allocates the optimizer state)
+    step_s: float | None = None  # forward + backward of one micro-batch through the whole model, when timed
+    step_flops: float = 0.0  # the FLOPs of that step (to scale it to another method)
+    first_step_s: float = 0.0  # what the first forward + backward costs once more (allocations, kernel choice)
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _timed(fn, seconds: float) -> float:
+def _timed(fn, seconds: float) -> tuple[float, float]:
+    """(seconds per call once warm, extra seconds of the first call)."""
+    begin = time.perf_counter()
     fn()  # warm-up: allocations, kernel selection
+    if device().type == "cuda":
+        torch.cuda.synchronize()
+    first = time.perf_counter() - begin
     count, start = 0, time.perf_counter()
     while count < 2 or time.perf_counter() - start < seconds:
         fn()
         count += 1
     if device().type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / count
+    each = (time.perf_counter() - start) / count
+    return each, max(0.0, first - each)
 
 
 def gemm_rate(dtype=torch.bfloat16, seconds: float = 1.0) -> float:
     a = torch.randn(2048, 2048, dtype=dtype, device=device())
     b = torch.randn(2048, 2048, dtype=dtype, device=device())
-    return 2 * 2048**3 / _timed(lambda: a @ b, seconds)
+    return 2 * 2048**3 / _timed(lambda: a @ b, seconds)[0]
 
 
-def adamw_seconds_per_param(seconds: float = 0.5) -> float:
-    """One torch AdamW step (the default optimizer), timed on 4M fp32 parameters."""
+def adamw_seconds_per_param(seconds: float = 0.5) -> tuple[float, float]:
+    """One torch AdamW step (the default optimizer) with gradient clipping, timed on 4M fp32
+    parameters: (seconds per parameter once warm, extra per parameter of the first step, which
+    allocates the optimizer state)."""
     p = torch.nn.Parameter(torch.randn(4 * 2**20, device=device()))
     p.grad = torch.randn_like(p)
     optimizer = torch.optim.AdamW([p], lr=1e-4)
-    return _timed(optimizer.step, seconds) / p.numel()
+
+    def step():
+        torch.nn.utils.clip_grad_norm_([p], 1.0)
+        optimizer.step()
+
+    each, first = _timed(step, seconds)
+    return each / p.numel(), first / p.numel()
 
 
-def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: float = 2.0) -> Rate:
-    """Train one block of the model (tiny vocabulary, the method applied) on random tokens."""
+def with_layers(config, layers: int, vocab: int | None = None):
+    """A copy of a transformers config with fewer blocks (and optionally a smaller vocabulary)."""
+    small = copy.deepcopy(config)
+    small.num_hidden_layers = layers
+    if isinstance(getattr(small, "layer_types", None), list):
+        small.layer_types = small.layer_types[:layers]
+    if vocab is not None:
+        small.vocab_size = vocab
+    return small
+
+
+def _model(config, cfg, dtype: torch.dtype, tokenizer, blocks_only: bool):
+    """The model as the run will train it: the method applied (QLoRA on a real 4-bit base), or,
+    for the methods that train no block weights (prompt methods, freeze), every weight frozen."""
     from transformers import AutoModelForCausalLM
 
-    from lmtune.hardware import DTYPES
     from lmtune.methods import METHODS
-    from lmtune.tasks.base import autocast
-    from lmtune.train.run import weights_dtype
 
-    optimizer = adamw_seconds_per_param()
-    one = copy.deepcopy(config)
-    one.num_hidden_layers, one.vocab_size = 1, 256
-    shape = model_shape(one)
-    if shape.block_params > MAX_TIMED_BLOCK_PARAMS:
-        rate = gemm_rate(DTYPES["bf16" if precision == "fp32" else precision]) * DEFAULT_EFFICIENCY
-        return Rate(rate, f"{DEFAULT_EFFICIENCY:.0%} of the measured GEMM rate (a block is too big to time here)", optimizer)
-    method = METHODS.get(cfg.method.name)
-    dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
+    name = cfg.method.name
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(one, dtype=dtype).to(device())
-    if cfg.method.name in ("lora", "dora", "qlora", "full", "freeze"):  # prompt methods need the real embeddings
-        model = METHODS.get(lora_like(cfg.method).name).apply(model, lora_like(cfg.method), tokenizer)
-    model.train()
-    length = max(1, round(batch.mean_length))
-    ids = torch.randint(0, 256, (batch.size, length), device=device())
+    if name == "qlora" and blocks_only:
+        model = _quantized(config, cfg, dtype)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device())
+    if name in ("lora", "dora", "qlora", "ia3", "full"):
+        if blocks_only or name == "full":
+            model = METHODS.get(name).apply(model, cfg.method, tokenizer)
+        else:  # no blocks to adapt: the embeddings and the head are frozen
+            model.requires_grad_(False)
+    else:
+        model.requires_grad_(False)
+    return model.train()
+
+
+def _quantized(config, cfg, dtype: torch.dtype):
+    """One block loaded through bitsandbytes, as a QLoRA run loads its base (4-bit matmuls included)."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.methods.peft_methods import qlora_quantization
+    from lmtune.model.load import keep_4bit_layout_for_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, device_map={"": device()},
+                                                     quantization_config=qlora_quantization(cfg.method, dtype))
+    keep_4bit_layout_for_training(model)
+    return model
+
+
+def _step_seconds(model, batch: Batch, length: int, precision: str, seconds: float) -> tuple[float, float]:
+    """Forward and backward of one micro-batch with the run's loss (cross-entropy at the target
+    positions, in fp32). The input embeddings carry a gradient, as the output of the blocks below
+    would: otherwise the lowest block would skip its input gradients, which every other block computes."""
+    import torch.nn.functional as F
+
+    from lmtune.tasks.base import autocast
+
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch.size, length), generator=generator).to(device())
     keep = torch.zeros_like(ids, dtype=torch.bool)
-    keep[:, -max(1, round(batch.targets)):] = True
+    keep[:, -max(1, min(length, round(batch.targets))):] = True
+    targets = torch.randint(0, vocab, (int(keep.sum()),), generator=generator).to(device())
+    embed = model.get_input_embeddings()
 
     def step():
         with autocast(device(), precision):
-            out = model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
-        out.float().sum().backward()
+            hidden = embed(ids)
+            if not hidden.requires_grad:
+                hidden = hidden + torch.zeros((), dtype=hidden.dtype, device=hidden.device, requires_grad=True)
+            logits = model(inputs_embeds=hidden, use_cache=False, logits_to_keep=keep).logits
+        F.cross_entropy(logits.float().reshape(-1, vocab), targets).backward()
+        model.zero_grad(set_to_none=True)
 
-    seconds_per_step = _timed(step, seconds)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return _timed(step, seconds)
+
+
+def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: float = 2.0) -> Rate:
+    """Time one block of the model (tiny vocabulary, the method applied) and, apart, the embeddings,
+    final norm, LM head and loss at the real vocabulary, on random tokens of the run's computed
+    length (padding included); the whole step is the blocks' time times the depth plus the rest."""
+    from lmtune.hardware import DTYPES
+    from lmtune.methods import METHODS
+    from lmtune.train.run import weights_dtype
+
+    optimizer, optimizer_first = adamw_seconds_per_param()
+    one = with_layers(config, 1, vocab=256)
+    shape, full = model_shape(one), model_shape(config)
+    if shape.block_params > MAX_TIMED_BLOCK_PARAMS:
+        rate = gemm_rate(DTYPES["bf16" if precision == "fp32" else precision]) * DEFAULT_EFFICIENCY
+        return Rate(rate, f"{DEFAULT_EFFICIENCY:.0%} of the measured GEMM rate (a block is too big to time here)",
+                    optimizer, optimizer_first)
+    dtype = weights_dtype(cfg.model.dtype, precision, METHODS.get(cfg.method.name).freezes_base)
+    length = max(1, round(batch.computed_length))
+    block = _model(one, cfg, dtype, tokenizer, blocks_only=True)
+    block_s, block_first = _step_seconds(block, batch, length, precision, seconds)
+    trainable = sum(p.numel() for p in block.parameters() if p.requires_grad)
     flops = flops_per_step(shape, cfg.method.name, trainable, Batch(batch.size, length, length, batch.targets), False)
-    return Rate(flops / seconds_per_step, "timed on one block of this model on this machine", optimizer)
+    rest_s = rest_first = 0.0
+    if full.head_params <= MAX_TIMED_BLOCK_PARAMS:  # else the head is counted in FLOPs at the block's rate
+        rest = _model(with_layers(config, 0), cfg, dtype, tokenizer, blocks_only=False)
+        rest_s, rest_first = _step_seconds(rest, batch, length, precision, seconds / 2)
+    else:
+        rest_s = batch.size * batch.targets * full.head_params * 4 / (flops / block_s)
+    return Rate(flops / block_s, "timed on one block and on the LM head of this model on this machine", optimizer,
+                optimizer_first, step_s=full.layers * block_s + rest_s, first_step_s=full.layers * block_first + rest_first)
