@@ -229,3 +229,16 @@ def test_packing_trains(tmp_path, tiny_gpt2):
                              f"output.dir={tmp_path / 'run'}"])
     metrics = train(cfg).metrics
     assert metrics["train"]["steps"] == 3 and metrics["final"]["loss"] > 0
+
+
+def test_data_command_shows_the_label_of_a_head_task(tmp_path, tiny_llama, capsys):
+    """seq_cls rows carry one label each, not a label per token: the preview names it."""
+    from lmtune.cli import main
+
+    rows = [{"text": f"review {i}", "label": ["bad", "good"][i % 2]} for i in range(6)]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {tiny_llama}\ndata:\n  train: {write_jsonl(tmp_path / 'd.jsonl', rows)}\n"
+                      "  format: classification\n  labels: [bad, good]\ntask:\n  name: seq_cls\n")
+    assert main(["data", str(config), "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "-> bad" in out and "-> good" in out

@@ -30,8 +30,9 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
         table.add_column(col, justify="left" if col in ("split", "source") else "right")
     summary = {}
     for name, (ds, info) in tokenized.items():
-        targets = sum(sum(l != IGNORE for l in labels) for labels in ds["labels"])
-        no_target = sum(all(l == IGNORE for l in labels) for labels in ds["labels"])
+        per_token = token_labels(ds["labels"])
+        targets = sum(sum(l != IGNORE for l in labels) for labels in per_token)
+        no_target = sum(all(l == IGNORE for l in labels) for labels in per_token)
         lengths = info.lengths
         table.add_row(name, info.source, f"{info.rows:,}", f"{info.skipped:,}", f"{info.truncated:,}", f"{info.tokens:,}",
                       f"{targets:,} ({100 * targets / max(info.tokens, 1):.1f}%)",
@@ -40,13 +41,24 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
     console.print(table)
 
     train_ds = tokenized["train"][0]
-    for warning in mask_warnings(tokenizer, train_ds, cfg.data.format, summary["train"]["rows_without_target"]):
+    for warning in mask_warnings(tokenizer, token_labels(train_ds["labels"]), cfg.data.format,
+                                 summary["train"]["rows_without_target"]):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print("[bold]trained-on tokens[/] are [black on green]highlighted[/]; the rest only conditions the model.")
     for i in range(min(rows, len(train_ds))):
         console.rule(f"train row {i}")
-        console.print(highlighted(tokenizer, train_ds[i]["input_ids"], train_ds[i]["labels"]))
+        label = train_ds[i]["labels"]
+        if isinstance(label, list):
+            console.print(highlighted(tokenizer, train_ds[i]["input_ids"], label))
+        else:  # one label for the whole row (a classification or regression head)
+            name = cfg.data.labels[label] if cfg.data.labels and isinstance(label, int) else label
+            console.print(Text(tokenizer.decode(train_ds[i]["input_ids"]), style="dim") + Text(f"  -> {name}", style="bold"))
     return summary
+
+
+def token_labels(labels: list) -> list[list]:
+    """Per-token labels; a head task's one label per row counts as one target (the row's text is the input)."""
+    return [l if isinstance(l, list) else [l] for l in labels]
 
 
 def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:
@@ -62,13 +74,13 @@ def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:
     return text
 
 
-def mask_warnings(tokenizer, dataset, data_format: str, rows_without_target: int) -> list[str]:
+def mask_warnings(tokenizer, labels_per_row: list[list[int]], data_format: str, rows_without_target: int) -> list[str]:
     """Mistakes that a healthy loss curve hides."""
     warnings = []
     if rows_without_target:
         warnings.append(f"{rows_without_target} training rows have no target token at all: they train nothing")
     eos = tokenizer.eos_token_id
     chat_like = data_format in ("instruction", "messages", "sharegpt", "completion")
-    if chat_like and eos is not None and not any(eos in [l for l in labels if l != IGNORE] for labels in dataset["labels"]):
+    if chat_like and eos is not None and not any(eos in [l for l in labels if l != IGNORE] for labels in labels_per_row):
         warnings.append(f"the end-of-turn token {tokenizer.eos_token!r} is never a target: the model will not learn to stop")
     return warnings
