@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--system", default="Is this movie review positive or negative?")
     p.add_argument("--labels", default="negative,positive")
+    p.add_argument("--seed", type=int, default=42, help="the Trainer's seed (LoRA init, dropout, row order)")
     a = p.parse_args()
     out = Path(a.out)
 
@@ -75,7 +76,7 @@ def main() -> None:
     args = TrainingArguments(output_dir=str(out / "checkpoints"), per_device_train_batch_size=a.batch_size,
                              num_train_epochs=1, learning_rate=a.lr, warmup_steps=a.warmup_ratio,  # a float < 1 is a ratio
                              lr_scheduler_type="linear", logging_steps=10, save_strategy="no", bf16=True,
-                             use_cpu=not torch.cuda.is_available(), report_to="none", seed=42)
+                             use_cpu=not torch.cuda.is_available(), report_to="none", seed=a.seed)
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorWithPadding(tokenizer, return_tensors="pt"))
     result = trainer.train()

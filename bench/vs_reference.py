@@ -1,6 +1,6 @@
 """lmtune against the plain transformers + peft recipe, side by side on the same machine and data.
 
-    .venv/bin/python bench/vs_reference.py [--workloads classification,sft] [--lmtune key=value ...]
+    .venv/bin/python bench/vs_reference.py [--workloads classification,sft] [--seed N] [--lmtune key=value ...]
 
 For each workload, one after the other, each in its own process (so that peak RSS is its own):
 1. bench/reference_recipe.py: Trainer + peft LoRA r=8 / alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down,
@@ -84,20 +84,20 @@ def evaluate(run_dir: Path, data: Path) -> dict:
     return json.loads(report.read_text())
 
 
-def workload(name: str, w: dict, tmp: Path, extra: list[str], model_dir: str) -> dict:
+def workload(name: str, w: dict, tmp: Path, extra: list[str], model_dir: str, seed: int) -> dict:
     rows = sample_rows(ROOT / w["train"], w["rows"], tmp / f"{name}-train.jsonl")
     validation = sample_rows(ROOT / w["validation"], w["eval_rows"], tmp / f"{name}-validation.jsonl")
     mine, ref = tmp / f"{name}-lmtune", tmp / f"{name}-reference"
     print(f"[{name}] reference recipe ...", flush=True)
     run([sys.executable, str(ROOT / "bench/reference_recipe.py"), "--workload", name, "--rows", str(rows),
          "--out", str(ref), "--model", model_dir, "--max-length", str(w["max_length"]),
-         "--batch-size", str(w["batch_size"]), "--lr", str(w["lr"]), "--system", SYSTEM])
+         "--batch-size", str(w["batch_size"]), "--lr", str(w["lr"]), "--system", SYSTEM, "--seed", str(seed)])
     print(f"[{name}] lmtune ...", flush=True)
     run([sys.executable, "-m", "lmtune", "train", w["config"], "--output-dir", str(mine), f"data.train={rows}",
          "data.validation=null", "data.max_samples=null", "train.zero_shot_eval=false", "method.name=lora",
          "method.r=8", "method.alpha=32", "method.dropout=0.1", f"method.target_modules={LORA_TARGETS}",
          f"data.max_length={w['max_length']}", f"train.batch_size={w['batch_size']}", f"train.lr={w['lr']}",
-         "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000", *extra])
+         "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000", f"train.seed={seed}", *extra])
     shutil.copy(mine / "config.yaml", ref / "config.yaml")  # the same data settings, to score it the same way
     print(f"[{name}] scoring both on {validation.name} ...", flush=True)
     r, m = json.loads((ref / "result.json").read_text()), json.loads((mine / "metrics.json").read_text())["train"]
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--lmtune", nargs="*", default=[], help="extra lmtune overrides (key=value)")
     parser.add_argument("--rows", type=int, help="training rows (a quick check; default: 2,000 / 500)")
     parser.add_argument("--eval-rows", type=int, help="validation rows (default: all 1,066 / 200)")
+    parser.add_argument("--seed", type=int, default=42, help="training seed on both sides (the rows stay the same)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from lmtune.config import ModelConfig
@@ -129,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):
             w = {**WORKLOADS[name], **{k: v for k, v in (("rows", args.rows), ("eval_rows", args.eval_rows)) if v}}
-            result = workload(name, w, Path(tmp), args.lmtune, model_dir)
+            result = workload(name, w, Path(tmp), args.lmtune, model_dir, args.seed)
             ref = result["reference"]
             flops = 4 * body * ref["tokens"] + 4 * head * ref["targets"]  # the same rows on both sides
             for recipe in ("reference", "lmtune"):
