@@ -206,6 +206,26 @@ def test_distillation_from_a_trained_run_into_a_smaller_student(tmp_path, tiny_l
     assert model.base_model.model.config.num_hidden_layers == 1
 
 
+def test_label_word_distillation_compares_the_label_words_only(tiny_llama, llama_tokenizer):
+    """The teacher's distribution over the rest of the vocabulary is not the task's: it must not pull."""
+    from lmtune.data.templates import Renderer
+    from lmtune.tasks import TASKS
+    from lmtune.train.distill import DistilledTask
+
+    cfg = load_config(None, [f"model.name={tiny_llama}", *DISTILL])
+    task = TASKS.get("label_tokens")(cfg, llama_tokenizer, Renderer(llama_tokenizer, cfg.data.template))
+    words = task.label_token_ids
+    student = torch.randn(3, len(llama_tokenizer))
+    teacher = student.clone()
+    others = [i for i in range(student.shape[1]) if i not in words]
+    teacher[:, others] += 5 * torch.randn(3, len(others))
+    task.logits_and_targets = lambda model, inputs: (student if model == "student" else teacher, torch.tensor([words[0]] * 3))
+    soft_only = DistilledTask(task, "teacher", alpha=0.0, temperature=2.0)
+    assert soft_only.loss("student", {})[0].item() == pytest.approx(0.0, abs=1e-5)
+    teacher[:, words[0]] += 3.0  # the teacher prefers the first label word more than the student does
+    assert soft_only.loss("student", {})[0].item() > 0.1
+
+
 def test_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_llama, tiny_bert):
     cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *DISTILL,
                              f"distill={{teacher: {tiny_bert}}}"])

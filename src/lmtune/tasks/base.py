@@ -94,6 +94,11 @@ class Task:
         distillation teacher is compared on."""
         raise NotImplementedError
 
+    def classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The columns of those logits that are the task's answers, where a distillation teacher's
+        distribution is compared: all of them, except for label words (the words, not the vocabulary)."""
+        return logits
+
     def loss(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """(sum of the per-target losses, number of targets) for one micro-batch."""
         logits, targets = self.logits_and_targets(model, inputs)

@@ -1,7 +1,8 @@
 """Knowledge distillation: the student learns the labels and the teacher's output distribution.
 
 loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T), on exactly the
-positions the task trains on (the label word, the answer tokens, the class head), summed and then
+positions the task trains on (the label word, the answer tokens, the class head) and over its classes
+(for label words: the label words' logits, not the whole vocabulary), summed and then
 normalised like every lmtune loss. The teacher runs in eval mode without gradients, in a 16-bit
 dtype by default; it must share the student's tokenizer, since the two are compared token by token.
 """
@@ -59,7 +60,8 @@ class DistilledTask:
             raise ConfigError(f"distill.teacher predicts {teacher_logits.shape[-1]} classes where the student has "
                               f"{logits.shape[-1]}; teacher and student need the same label space")
         t = self.temperature
-        soft = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
+        student_classes, teacher_classes = self.task.classes(logits), self.task.classes(teacher_logits.float())
+        soft = F.kl_div(F.log_softmax(student_classes / t, -1), F.log_softmax(teacher_classes / t, -1),
                         log_target=True, reduction="sum") * t * t
         hard = F.cross_entropy(logits, targets, reduction="sum")
         return self.alpha * hard + (1 - self.alpha) * soft, targets.numel()
