@@ -10,7 +10,7 @@ from rich.text import Text
 from lmtune.config import Config
 from lmtune.data.dataset import read_splits, tokenize_split
 from lmtune.data.templates import Renderer
-from lmtune.data.tokenize import IGNORE
+from lmtune.data.tokenize import IGNORE, count_targets, labels_per_token
 from lmtune.model.load import load_tokenizer, resolve_model_path
 from lmtune.report import console as report_console
 from lmtune.tasks import TASKS
@@ -30,9 +30,8 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
         table.add_column(col, justify="left" if col in ("split", "source") else "right")
     summary = {}
     for name, (ds, info) in tokenized.items():
-        per_token = token_labels(ds["labels"])
-        targets = sum(sum(l != IGNORE for l in labels) for labels in per_token)
-        no_target = sum(all(l == IGNORE for l in labels) for labels in per_token)
+        targets = count_targets(ds["labels"])
+        no_target = sum(all(l == IGNORE for l in labels) for labels in labels_per_token(ds["labels"]))
         lengths = info.lengths
         table.add_row(name, info.source, f"{info.rows:,}", f"{info.skipped:,}", f"{info.truncated:,}", f"{info.tokens:,}",
                       f"{targets:,} ({100 * targets / max(info.tokens, 1):.1f}%)",
@@ -41,7 +40,7 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
     console.print(table)
 
     train_ds = tokenized["train"][0]
-    for warning in mask_warnings(tokenizer, token_labels(train_ds["labels"]), cfg.data.format,
+    for warning in mask_warnings(tokenizer, labels_per_token(train_ds["labels"]), cfg.data.format,
                                  summary["train"]["rows_without_target"]):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print("[bold]trained-on tokens[/] are [black on green]highlighted[/]; the rest only conditions the model.")
@@ -54,11 +53,6 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
             name = cfg.data.labels[label] if cfg.data.labels and isinstance(label, int) else label
             console.print(Text(tokenizer.decode(train_ds[i]["input_ids"]), style="dim") + Text(f"  -> {name}", style="bold"))
     return summary
-
-
-def token_labels(labels: list) -> list[list]:
-    """Per-token labels; a head task's one label per row counts as one target (the row's text is the input)."""
-    return [l if isinstance(l, list) else [l] for l in labels]
 
 
 def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:

@@ -10,6 +10,16 @@ from lmtune.data.templates import Renderer, Segment
 IGNORE = -100
 
 
+def labels_per_token(labels: list) -> list[list]:
+    """A labels column as lists: a head task's one label per row counts as one target (its text is the input)."""
+    return [l if isinstance(l, list) else [l] for l in labels]
+
+
+def count_targets(labels: list) -> int:
+    """Tokens (or rows, for head tasks) with a loss in a labels column."""
+    return sum(sum(l != IGNORE for l in row) for row in labels_per_token(labels))
+
+
 def bos_prefix(tokenizer, renderer: Renderer) -> list[int]:
     """The BOS id for plain templates when the tokenizer normally adds one (chat templates write it)."""
     if renderer.mode != "plain" or tokenizer.bos_token_id is None:

@@ -115,15 +115,15 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
     if not (cfg.data.train or cfg.data.mix) or cfg.data.streaming:
         return None
     from lmtune.data.dataset import read_splits, tokenize_split
-    from lmtune.data.preview import token_labels
     from lmtune.data.templates import Renderer
+    from lmtune.data.tokenize import count_targets
     from lmtune.plan.batching import padded_length
     from lmtune.tasks import TASKS
 
     split = read_splits(cfg.data, cfg.train.seed)["train"]
     task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
     ds, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
-    targets = sum(sum(l != -100 for l in labels) for labels in token_labels(ds["labels"]))
+    targets = count_targets(ds["labels"])
     lengths = [len(ids) for ids in ds["input_ids"]]
     computed = info.lengths["mean"] if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
         lengths, cfg.train.batch_size, cfg.train.group_by_length, cfg.train.seed)

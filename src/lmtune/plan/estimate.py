@@ -104,5 +104,9 @@ def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch,
     if checkpointing:
         per_token += 2 * shape.block_params  # the forward pass again
     attention = 6 * shape.layers * batch.computed_length * shape.hidden
-    head = batch.size * batch.targets * shape.head_params * (6 if method == "full" else 4)
-    return tokens * (per_token + attention) + head
+    return tokens * (per_token + attention) + head_flops(shape, method, batch)
+
+
+def head_flops(shape: ModelShape, method: str, batch: Batch) -> float:
+    """The LM head at the target positions: forward, input gradient, and its weight gradient when it trains."""
+    return batch.size * batch.targets * shape.head_params * (6 if method == "full" else 4)

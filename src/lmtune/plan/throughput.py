@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmtune.plan.estimate import Batch, flops_per_step
+from lmtune.plan.estimate import Batch, flops_per_step, head_flops
 from lmtune.plan.shape import model_shape
 
 # A block larger than this is not built to be timed (a 70B block is 0.9B parameters).
@@ -97,12 +97,9 @@ def _model(config, cfg, dtype: torch.dtype, tokenizer, blocks_only: bool):
         model = _quantized(config, cfg, dtype)
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device())
-    if name in ("lora", "dora", "qlora", "ia3", "full"):
-        if blocks_only or name == "full":
-            model = METHODS.get(name).apply(model, cfg.method, tokenizer)
-        else:  # no blocks to adapt: the embeddings and the head are frozen
-            model.requires_grad_(False)
-    else:
+    if name == "full" or (blocks_only and name in ("lora", "dora", "qlora", "ia3")):
+        model = METHODS.get(name).apply(model, cfg.method, tokenizer)
+    else:  # frozen: prompt methods and freeze in the blocks, the adapters' embeddings and head
         model.requires_grad_(False)
     return model.train()
 
@@ -173,11 +170,10 @@ def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: 
     block_s, block_first = _step_seconds(block, batch, length, precision, seconds)
     trainable = sum(p.numel() for p in block.parameters() if p.requires_grad)
     flops = flops_per_step(shape, cfg.method.name, trainable, Batch(batch.size, length, length, batch.targets), False)
-    rest_s = rest_first = 0.0
-    if full.head_params <= MAX_TIMED_BLOCK_PARAMS:  # else the head is counted in FLOPs at the block's rate
+    if full.head_params <= MAX_TIMED_BLOCK_PARAMS:
         rest = _model(with_layers(config, 0), cfg, dtype, tokenizer, blocks_only=False)
         rest_s, rest_first = _step_seconds(rest, batch, length, precision, seconds / 2)
-    else:
-        rest_s = batch.size * batch.targets * full.head_params * 4 / (flops / block_s)
+    else:  # too big to build here: the head's FLOPs at the block's rate
+        rest_s, rest_first = head_flops(full, cfg.method.name, batch) / (flops / block_s), 0.0
     return Rate(flops / block_s, "timed on one block and on the LM head of this model on this machine", optimizer,
                 optimizer_first, step_s=full.layers * block_s + rest_s, first_step_s=full.layers * block_first + rest_first)
