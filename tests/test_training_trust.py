@@ -20,7 +20,7 @@ from lmtune.cli import main
 from lmtune.config import load_config
 from lmtune.errors import ConfigError
 from lmtune.tasks.base import Task
-from lmtune.train.checkpoint import CHECKPOINT, is_complete, latest_checkpoint
+from lmtune.train.checkpoint import CHECKPOINT, STAGING, is_complete, latest_checkpoint, rotate
 from lmtune.train.run import train
 from lmtune.train.trainer import NonFiniteLoss
 
@@ -135,6 +135,41 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_resume_would_take_bu
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 120
+
+
+def fake_checkpoints(root, steps):
+    for step in steps:
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        for name in ("trainer_state.json", "optimizer.pt", "adapter_model.safetensors"):
+            (root / f"checkpoint-{step}" / name).write_text("{}")
+
+
+def test_rotation_keeps_the_newest_and_the_best_like_the_trainer(tmp_path):
+    fake_checkpoints(tmp_path, [1, 2, 3, 4, 5])
+    rotate(tmp_path, 2, str(tmp_path / "checkpoint-2"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-5"]
+
+
+def test_a_kill_during_rotation_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    # transformers' rotation removes checkpoint-N file by file: killed halfway, it left a directory
+    # with trainer_state.json (so resume-able by name) and no optimizer. Ours renames it away first.
+    fake_checkpoints(tmp_path, [1, 2, 3])
+    real_rmtree = shutil.rmtree
+
+    def killed_after_one_file(path, ignore_errors=False):
+        files = sorted(p for p in path.iterdir()) if path.is_dir() else []
+        if files:
+            files[0].unlink()
+            raise KeyboardInterrupt  # stands for the kill
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        rotate(tmp_path, 1, None)
+    named = [p for p in tmp_path.iterdir() if CHECKPOINT.match(p.name)]
+    assert sorted(p.name for p in named) == ["checkpoint-2", "checkpoint-3"]
+    assert all(len(list(p.iterdir())) == 3 for p in named)  # each whole
+    assert (tmp_path / STAGING / "retired-checkpoint-1").is_dir()  # the rest, out of resume's sight
 
 
 def _wrap(loss, calls):

@@ -3,6 +3,8 @@
 The Trainer writes `checkpoint-N/` file by file, in place: a `kill -9` halfway leaves a directory
 that looks like a checkpoint and is not. lmtune lets it write into `.staging/checkpoint-N/` and
 renames the finished directory into place, so every `checkpoint-N/` that exists is complete.
+Deleting is the same problem backwards (transformers' rotation removes a checkpoint file by file):
+an old checkpoint is first renamed out of the `checkpoint-N` pattern, then removed.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def publish(staged: Path, final: Path) -> None:
     """Move a finished checkpoint from the staging directory into place, atomically."""
     fsync_tree(staged)
     if final.exists():  # the same step saved twice (a resumed run): the new one replaces it
-        shutil.rmtree(final)
+        retire(final)
     os.replace(staged, final)
     with contextlib.suppress(OSError):  # the staging directory is left only while a save is under way
         staged.parent.rmdir()
@@ -82,6 +84,32 @@ def publish(staged: Path, final: Path) -> None:
         os.close(fd)
 
 
+def retire(checkpoint: Path) -> None:
+    """Delete a checkpoint so that a kill at any moment leaves it whole or not named checkpoint-N."""
+    doomed = checkpoint.parent / STAGING / f"retired-{checkpoint.name}"
+    doomed.parent.mkdir(exist_ok=True)
+    shutil.rmtree(doomed, ignore_errors=True)  # a retirement a kill interrupted
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        doomed.parent.rmdir()
+
+
+def rotate(checkpoints_dir: Path, keep: int | None, best: str | None) -> None:
+    """Keep `keep` checkpoints, the newest and the best always among them (the Trainer's rule); oldest go first."""
+    if not keep:
+        return
+    found = sorted((p for p in checkpoints_dir.iterdir() if CHECKPOINT.match(p.name)), key=checkpoint_step)
+    protected = {found[-1]} | ({Path(best)} if best else set())
+    remaining = len(found)
+    for checkpoint in found:
+        if remaining <= max(keep, len(protected)):
+            break
+        if checkpoint not in protected:
+            retire(checkpoint)
+            remaining -= 1
+
+
 def clear_staging(checkpoints_dir: Path) -> None:
-    """Remove what a killed save left half-written."""
+    """Remove what a killed save (or deletion) left behind."""
     shutil.rmtree(checkpoints_dir / STAGING, ignore_errors=True)

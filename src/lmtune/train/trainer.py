@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import rotate_checkpoints
 
 from lmtune.errors import LmtuneError
-from lmtune.train.checkpoint import STAGING, latest_checkpoint, publish
+from lmtune.train.checkpoint import STAGING, latest_checkpoint, publish, rotate
 
 
 class NonFiniteLoss(LmtuneError):
@@ -84,5 +83,5 @@ class LmtuneTrainer(Trainer):
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staged / "trainer_state.json"))
             publish(staged, final)
-            rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint)
+            rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
