@@ -1,13 +1,15 @@
 """lmtune against the plain transformers + peft recipe, side by side on the same machine and data.
 
     .venv/bin/python bench/vs_reference.py [--workloads classification,sft] [--seed N] [--lmtune key=value ...]
+                                           [--variants "" "train.compile=true" ...]
 
 For each workload, one after the other, each in its own process (so that peak RSS is its own):
 1. bench/reference_recipe.py: Trainer + peft LoRA r=8 / alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down,
    every example padded to the fixed max length, DataCollatorWithPadding, bf16 autocast;
 2. `lmtune train` with the same model, LoRA settings, training rows, batch size, learning rate,
    schedule and epochs (lmtune's own defaults otherwise: bf16 base weights, length grouping,
-   logits only at target positions ...; `--lmtune` adds overrides, to measure a lever).
+   logits only at target positions ...; `--lmtune` adds overrides, to measure a lever; `--variants`
+   runs lmtune once per variant, each a space-separated list of further overrides, "" for none).
 Both trained adapters are then scored by the same code (`lmtune eval --data`). The table reports
 real (non-padding) tokens/s, samples/s, training time, peak RSS and the validation metric, and the
 share of the machine's bf16 matrix-multiply rate (measured here) that the training reaches.
@@ -84,28 +86,34 @@ def evaluate(run_dir: Path, data: Path) -> dict:
     return json.loads(report.read_text())
 
 
-def workload(name: str, w: dict, tmp: Path, extra: list[str], model_dir: str, seed: int) -> dict:
+def workload(name: str, w: dict, tmp: Path, extra: list[str], variants: list[str], model_dir: str, seed: int) -> dict:
     rows = sample_rows(ROOT / w["train"], w["rows"], tmp / f"{name}-train.jsonl")
     validation = sample_rows(ROOT / w["validation"], w["eval_rows"], tmp / f"{name}-validation.jsonl")
-    mine, ref = tmp / f"{name}-lmtune", tmp / f"{name}-reference"
+    ref = tmp / f"{name}-reference"
     print(f"[{name}] reference recipe ...", flush=True)
     run([sys.executable, str(ROOT / "bench/reference_recipe.py"), "--workload", name, "--rows", str(rows),
          "--out", str(ref), "--model", model_dir, "--max-length", str(w["max_length"]),
          "--batch-size", str(w["batch_size"]), "--lr", str(w["lr"]), "--system", SYSTEM, "--seed", str(seed)])
-    print(f"[{name}] lmtune ...", flush=True)
-    run([sys.executable, "-m", "lmtune", "train", w["config"], "--output-dir", str(mine), f"data.train={rows}",
-         "data.validation=null", "data.max_samples=null", "train.zero_shot_eval=false", "method.name=lora",
-         "method.r=8", "method.alpha=32", "method.dropout=0.1", f"method.target_modules={LORA_TARGETS}",
-         f"data.max_length={w['max_length']}", f"train.batch_size={w['batch_size']}", f"train.lr={w['lr']}",
-         "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000", f"train.seed={seed}", *extra])
-    shutil.copy(mine / "config.yaml", ref / "config.yaml")  # the same data settings, to score it the same way
-    print(f"[{name}] scoring both on {validation.name} ...", flush=True)
-    r, m = json.loads((ref / "result.json").read_text()), json.loads((mine / "metrics.json").read_text())["train"]
-    return {
-        "reference": {**r, "metric": evaluate(ref, validation)[w["metric"]]},
-        "lmtune": {"runtime_s": m["runtime_s"], "steps": m["steps"], "samples": m["samples"], "tokens": m["tokens"],
-                   "peak_memory_mb": m["peak_memory_mb"], "metric": evaluate(mine, validation)[w["metric"]]},
-    }
+    r = json.loads((ref / "result.json").read_text())
+    results = {}
+    for i, variant in enumerate(variants):
+        label = f"lmtune {variant}".strip()
+        mine = tmp / f"{name}-lmtune-{i}"
+        print(f"[{name}] {label} ...", flush=True)
+        run([sys.executable, "-m", "lmtune", "train", w["config"], "--output-dir", str(mine), f"data.train={rows}",
+             "data.validation=null", "data.max_samples=null", "train.zero_shot_eval=false", "method.name=lora",
+             "method.r=8", "method.alpha=32", "method.dropout=0.1", f"method.target_modules={LORA_TARGETS}",
+             f"data.max_length={w['max_length']}", f"train.batch_size={w['batch_size']}", f"train.lr={w['lr']}",
+             "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000",
+             f"train.seed={seed}", *extra, *variant.split()])
+        m = json.loads((mine / "metrics.json").read_text())["train"]
+        print(f"[{name}] scoring {label} on {validation.name} ...", flush=True)
+        results[label] = {"runtime_s": m["runtime_s"], "steps": m["steps"], "samples": m["samples"], "tokens": m["tokens"],
+                          "peak_memory_mb": m["peak_memory_mb"], "metric": evaluate(mine, validation)[w["metric"]]}
+        config = mine / "config.yaml"
+    shutil.copy(config, ref / "config.yaml")  # the same data settings, to score it the same way
+    print(f"[{name}] scoring the reference on {validation.name} ...", flush=True)
+    return {"reference": {**r, "metric": evaluate(ref, validation)[w["metric"]]}, **results}
 
 
 def main() -> None:
@@ -115,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="training rows (a quick check; default: 2,000 / 500)")
     parser.add_argument("--eval-rows", type=int, help="validation rows (default: all 1,066 / 200)")
     parser.add_argument("--seed", type=int, default=42, help="training seed on both sides (the rows stay the same)")
+    parser.add_argument("--variants", nargs="*", default=[""], help='lmtune runs, each with these extra overrides ("" = none)')
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from lmtune.config import ModelConfig
@@ -130,20 +139,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):
             w = {**WORKLOADS[name], **{k: v for k, v in (("rows", args.rows), ("eval_rows", args.eval_rows)) if v}}
-            result = workload(name, w, Path(tmp), args.lmtune, model_dir, args.seed)
+            result = workload(name, w, Path(tmp), args.lmtune, args.variants, model_dir, args.seed)
             ref = result["reference"]
             flops = 4 * body * ref["tokens"] + 4 * head * ref["targets"]  # the same rows on both sides
-            for recipe in ("reference", "lmtune"):
-                x = result[recipe]
+            start = len(lines)
+            for recipe, x in result.items():
                 share = flops / x["runtime_s"] / 1e9 / gemm
                 lines.append(f"| {name} | {recipe} | {x['tokens'] / x['runtime_s']:,.0f} | {x['samples'] / x['runtime_s']:.2f} | "
                              f"{x['runtime_s']:.0f} | {x['peak_memory_mb'] / 1024:.2f} | {w['metric']} {x['metric']:.4f} | {100 * share:.0f}% |")
-            mine = result["lmtune"]
-            speed = (mine["tokens"] / mine["runtime_s"]) / (ref["tokens"] / ref["runtime_s"])
-            lines.append(f"| {name} | **lmtune / reference** | **{speed:.2f}x** | "
-                         f"{(mine['samples'] / mine['runtime_s']) / (ref['samples'] / ref['runtime_s']):.2f}x | | "
-                         f"{mine['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x | {mine['metric'] - ref['metric']:+.4f} | |")
-            print("\n".join(lines[-3:]), flush=True)
+            for recipe, mine in result.items():
+                if recipe == "reference":
+                    continue
+                speed = (mine["tokens"] / mine["runtime_s"]) / (ref["tokens"] / ref["runtime_s"])
+                lines.append(f"| {name} | **{recipe} / reference** | **{speed:.2f}x** | "
+                             f"{(mine['samples'] / mine['runtime_s']) / (ref['samples'] / ref['runtime_s']):.2f}x | | "
+                             f"{mine['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x | {mine['metric'] - ref['metric']:+.4f} | |")
+            print("\n".join(lines[start:]), flush=True)
     print("\n" + "\n".join(lines))
 
 

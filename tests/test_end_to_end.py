@@ -143,3 +143,23 @@ def test_neftune_and_optimizer_checks(tmp_path, tiny_llama):
     cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *ALPACA, *FAST,
                              "train.neftune_noise_alpha=5", "train.zero_shot_eval=false"])
     assert train(cfg).metrics["train"]["steps"] == 4
+
+
+def test_compiled_blocks_train_to_the_same_adapter_as_eager(tmp_path, tiny_llama):
+    from safetensors.torch import load_file
+
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={out}", *ALPACA, *FAST,
+                                 f"train.compile={str(compiled).lower()}", "train.zero_shot_eval=false"])
+        result = train(cfg)
+        runs[compiled] = (result.metrics, load_file(out / "adapter" / "adapter_model.safetensors"))
+    blocks = result.model.get_base_model().model.layers
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # something was compiled and ran
+    (eager, eager_weights), (compiled, compiled_weights) = runs[False], runs[True]
+    assert eager_weights.keys() == compiled_weights.keys()  # in-place compile keeps the parameter names
+    for name in eager_weights:
+        torch.testing.assert_close(compiled_weights[name], eager_weights[name], atol=1e-4, rtol=1e-3, msg=name)
+    assert compiled["final"]["loss"] == pytest.approx(eager["final"]["loss"], rel=1e-4)

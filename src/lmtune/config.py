@@ -202,6 +202,7 @@ class TrainConfig(Section):
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it")
     gradient_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile each transformer block: faster steps after about a minute of compiling (long runs)")
     neftune_noise_alpha: Optional[float] = Field(None, gt=0, description="NEFTune: noise on the input embeddings while training (SFT; 5 is usual)")
     group_by_length: bool = Field(True, description="batch rows of similar length together: less padding to compute")
     logging_steps: int = Field(10, gt=0)

@@ -25,6 +25,7 @@ from lmtune.tasks import TASKS
 from lmtune.train.arguments import best_metric, optimizer_arguments, training_arguments
 from lmtune.train.callbacks import JsonlLogger, Progress, truncate_log
 from lmtune.train.checkpoint import checkpoint_step, clear_staging, latest_checkpoint, resume_checkpoint
+from lmtune.train.compile import compile_blocks
 from lmtune.train.interrupt import StopOnSignal, TrainingInterrupted
 
 
@@ -224,6 +225,10 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
     metrics = {k: v for k, v in metrics.items() if v is not None}
 
     model = method.apply(task.prepare(model), cfg.method, tokenizer)
+    if cfg.train.compile:
+        compiled = compile_blocks(model)
+        if main:
+            print(f"lmtune: compiling {compiled} transformer blocks (torch.compile); the first steps take longer", flush=True)
     trainable, total = trainable_summary(model)
     weights = "4-bit" if method.quantization else str(dtype).removeprefix("torch.")
     if main:
