@@ -13,15 +13,20 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import lmtune.train.run as run_module
 from lmtune.config import load_config
+from lmtune.model.packed_attention import use_packed_attention
 from lmtune.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# name -> (overrides, whether packed rows attend example by example (packed_sdpa) or, as
+# transformers' sdpa does, as one long row under a block-diagonal mask)
 VARIANTS = {
-    "padded, random order": ["data.packing=false", "train.group_by_length=false"],
-    "padded, grouped by length": ["data.packing=false", "train.group_by_length=true"],
-    "packed (padding-free)": ["data.packing=true"],
+    "padded, random order": (["data.packing=false", "train.group_by_length=false"], True),
+    "padded, grouped by length": (["data.packing=false", "train.group_by_length=true"], True),
+    "packed, one masked row (transformers' sdpa)": (["data.packing=true"], False),
+    "packed, example by example (lmtune's packed_sdpa)": (["data.packing=true"], True),
 }
 
 
@@ -39,7 +44,8 @@ def main() -> None:
         "train.zero_shot_eval=false", "train.logging_steps=1000",
     ]
     rows = []
-    for name, overrides in VARIANTS.items():
+    for name, (overrides, by_example) in VARIANTS.items():
+        run_module.use_packed_attention = use_packed_attention if by_example else (lambda model: False)
         with tempfile.TemporaryDirectory() as out:
             t = train(load_config(None, common + overrides + [f"output.dir={out}/run"])).metrics["train"]
         rows.append((name, t["tokens"], t["runtime_s"], t["tokens_per_s"]))

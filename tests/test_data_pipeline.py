@@ -179,6 +179,42 @@ def test_packed_rows_give_the_same_loss_per_example_as_alone(request, family):
     torch.testing.assert_close(F.cross_entropy(padded_logits, padded_targets, reduction="none"), alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_attention_attends_example_by_example_with_the_same_loss(request, family, monkeypatch):
+    """data.packing switches sdpa to packed_sdpa: sdpa on each example of the pack instead of a
+    block-diagonal mask over the whole pack. Same loss and gradients as the masked pack."""
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.model import packed_attention
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(f"tiny_{family}"), dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    rows = [{"input_ids": (ids := torch.randint(3, 300, (n,)).tolist()), "labels": [IGNORE] + ids[1:]} for n in (6, 2, 9)]
+    batch = PackCollator()(rows)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = F.cross_entropy(*target_logits(model, batch))
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    masked = loss_and_grads()
+    assert packed_attention.use_packed_attention(model)
+    seen = []
+    monkeypatch.setattr(packed_attention, "pack_starts",
+                        lambda *a, f=packed_attention.pack_starts: seen.append(f(*a)) or seen[-1])
+    by_example = loss_and_grads()
+    assert seen and all(starts == [0, 6, 8] for starts in seen)  # every layer split the pack
+    torch.testing.assert_close(by_example, masked, rtol=1e-4, atol=1e-5)
+    seen.clear()
+    model.eval()
+    with torch.no_grad():  # not a pack: padded rows and generation fall back to sdpa with the mask
+        padded = F.cross_entropy(*target_logits(model, PadCollator(0)(rows)))
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False)
+    assert seen and all(starts is None for starts in seen)
+    torch.testing.assert_close(padded, masked[0], rtol=1e-4, atol=1e-5)
+
+
 def test_pruned_logits_loss_equals_the_models_own_loss(tiny_llama):
     from transformers import AutoModelForCausalLM
 
@@ -190,6 +226,38 @@ def test_pruned_logits_loss_equals_the_models_own_loss(tiny_llama):
         logits, targets = target_logits(model, batch)
         full = model(**batch).loss
     torch.testing.assert_close(F.cross_entropy(logits, targets), full)
+
+
+def test_bf16_base_weights_train_like_fp32_weights_under_autocast(tiny_llama):
+    """lmtune holds a frozen base in bf16; the recipe it replaces keeps fp32 weights and lets
+    autocast cast them to bf16 at every matrix product: the same bf16 values reach the products,
+    so the loss and the LoRA gradients agree to bf16 rounding (the norms run in bf16 instead)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.config import LoraMethod
+    from lmtune.methods import METHODS
+
+    rows = [{"input_ids": list(range(10, 30)), "labels": [IGNORE] * 12 + list(range(22, 30))},
+            {"input_ids": list(range(40, 52)), "labels": [IGNORE] * 5 + list(range(45, 52))}]
+    batch = PadCollator(0)(rows)
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=dtype)
+        torch.manual_seed(0)
+        model = METHODS.get("lora").apply(model, LoraMethod(r=4, dropout=0.0), None)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero; make A's gradient non-zero too
+                torch.nn.init.normal_(p, std=0.02)
+        with torch.autocast("cpu", torch.bfloat16):
+            logits, targets = target_logits(model, batch)
+        loss = F.cross_entropy(logits, targets)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad])
+        results.append((loss.detach(), grads))
+    (loss16, grads16), (loss32, grads32) = results
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
+    assert F.cosine_similarity(grads16, grads32, dim=0) > 0.99
+    torch.testing.assert_close(grads16.norm(), grads32.norm(), rtol=5e-2, atol=0)
 
 
 # ---- the preview -----------------------------------------------------------------------------
@@ -227,8 +295,9 @@ def test_packing_trains(tmp_path, tiny_gpt2):
     cfg = load_config(None, [f"model.name={tiny_gpt2}", f"data.train={path}", "data.val_size=4", "data.packing=true",
                              "train.max_steps=3", "train.batch_size=4", "train.precision=fp32",
                              f"output.dir={tmp_path / 'run'}"])
-    metrics = train(cfg).metrics
-    assert metrics["train"]["steps"] == 3 and metrics["final"]["loss"] > 0
+    result = train(cfg)
+    assert result.metrics["train"]["steps"] == 3 and result.metrics["final"]["loss"] > 0
+    assert result.model.config._attn_implementation == "lmtune_packed_sdpa"
 
 
 def test_data_command_shows_the_label_of_a_head_task(tmp_path, tiny_llama, capsys):

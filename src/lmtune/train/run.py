@@ -19,6 +19,7 @@ from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.methods import METHODS, trainable_summary
 from lmtune.model.load import CAUSAL_LM, load_model_and_tokenizer
+from lmtune.model.packed_attention import use_packed_attention
 from lmtune.outputs import prepare_output_dir, save_dir_atomic, write_json_atomic, write_text_atomic
 from lmtune.report import print_data_summary, print_run_summary
 from lmtune.tasks import TASKS
@@ -196,6 +197,8 @@ def train(cfg: Config, resume: str | None = None, command: str = "lmtune train C
     task_cls = TASKS.get(cfg.task.name)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision),
                                                 spec=task_cls.spec(cfg))
+    if cfg.data.packing:
+        use_packed_attention(model)  # each example of a pack attends alone, not as one long row
     task = task_cls(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
     metric = best_metric(cfg)
     if metric and metric not in task.metrics:
