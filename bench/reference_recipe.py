@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments,
+                          set_seed)
 
 
 def classification_example(tokenizer, row, system, label_ids, max_length):
@@ -70,6 +71,10 @@ def main() -> None:
     dataset = Dataset.from_dict(columns)
 
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    # The Trainer seeds only when it is built, after the adapter exists: without this the LoRA
+    # initialisation came from torch's fixed default seed, the same in every run whatever --seed.
+    # Seeded here, it is drawn as lmtune draws it (set_seed(train.seed), then get_peft_model).
+    set_seed(a.seed)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1,
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                              "gate_proj", "up_proj", "down_proj"]))

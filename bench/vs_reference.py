@@ -86,6 +86,16 @@ def evaluate(run_dir: Path, data: Path) -> dict:
     return json.loads(report.read_text())
 
 
+def lmtune_train_args(w: dict, rows: Path, out: Path, seed: int) -> list[str]:
+    """`lmtune train` with the reference recipe's model, LoRA settings, rows and hyper-parameters."""
+    return ["train", w["config"], "--output-dir", str(out), f"data.train={rows}",
+            "data.validation=null", "data.max_samples=null", "train.zero_shot_eval=false", "method.name=lora",
+            "method.r=8", "method.alpha=32", "method.dropout=0.1", f"method.target_modules={LORA_TARGETS}",
+            f"data.max_length={w['max_length']}", f"train.batch_size={w['batch_size']}", f"train.lr={w['lr']}",
+            "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000",
+            f"train.seed={seed}"]
+
+
 def workload(name: str, w: dict, tmp: Path, extra: list[str], variants: list[str], model_dir: str, seed: int) -> dict:
     rows = sample_rows(ROOT / w["train"], w["rows"], tmp / f"{name}-train.jsonl")
     validation = sample_rows(ROOT / w["validation"], w["eval_rows"], tmp / f"{name}-validation.jsonl")
@@ -100,12 +110,7 @@ def workload(name: str, w: dict, tmp: Path, extra: list[str], variants: list[str
         label = f"lmtune {variant}".strip()
         mine = tmp / f"{name}-lmtune-{i}"
         print(f"[{name}] {label} ...", flush=True)
-        run([sys.executable, "-m", "lmtune", "train", w["config"], "--output-dir", str(mine), f"data.train={rows}",
-             "data.validation=null", "data.max_samples=null", "train.zero_shot_eval=false", "method.name=lora",
-             "method.r=8", "method.alpha=32", "method.dropout=0.1", f"method.target_modules={LORA_TARGETS}",
-             f"data.max_length={w['max_length']}", f"train.batch_size={w['batch_size']}", f"train.lr={w['lr']}",
-             "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000",
-             f"train.seed={seed}", *extra, *variant.split()])
+        run([sys.executable, "-m", "lmtune", *lmtune_train_args(w, rows, mine, seed), *extra, *variant.split()])
         m = json.loads((mine / "metrics.json").read_text())["train"]
         print(f"[{name}] scoring {label} on {validation.name} ...", flush=True)
         results[label] = {"runtime_s": m["runtime_s"], "steps": m["steps"], "samples": m["samples"], "tokens": m["tokens"],

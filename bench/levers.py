@@ -1,0 +1,110 @@
+"""What each of lmtune's speed levers gives: lmtune's defaults, then each lever turned off alone.
+
+    .venv/bin/python bench/levers.py [--workload classification|sft] [--steps 30] [--levers name,name]
+
+The run is `lmtune train` on bench/vs_reference.py's workload and settings (SmolLM2, LoRA r=8 /
+alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down, the same rows, batch and learning rate), cut to
+--steps optimizer steps, each variant in its own process (so that peak RSS is its own). Two levers
+have no setting because nobody should turn them off; this script turns them off in its own process:
+`full_logits` runs the LM head over the whole vocabulary at every position and upcasts those logits
+to fp32 (what the model's own loss does), `torch_dropout` keeps peft's nn.Dropout instead of
+FastDropout. The table reports seconds per step, real (non-padding) tokens/s, peak RSS and each
+variant's speed relative to the defaults. torch.compile and thread counts have their own scripts
+(bench/compile.py, bench/threads.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from vs_reference import ROOT, WORKLOADS, lmtune_train_args, sample_rows  # noqa: E402
+
+# name -> (what is turned off, lmtune overrides, the workloads it applies to)
+LEVERS = {
+    "defaults": ("nothing: lmtune's defaults", [], ("classification", "sft")),
+    "fp32_base": ("bf16 base weights: fp32 weights under bf16 autocast instead", ["model.dtype=fp32"],
+                  ("classification", "sft")),
+    "fp32": ("bf16 altogether: fp32 weights and products", ["train.precision=fp32"], ("classification", "sft")),
+    "random_batches": ("length grouping: random batches padded to their longest row", ["train.group_by_length=false"],
+                       ("classification", "sft")),
+    "full_logits": ("logits at target positions only: fp32 logits over the vocabulary at every position", [],
+                    ("classification", "sft")),
+    "torch_dropout": ("FastDropout: peft's nn.Dropout", [], ("classification", "sft")),
+    "sdpa": ("eager attention (the classification config's choice): sdpa", ["model.attn_implementation=sdpa"],
+             ("classification",)),
+    "checkpointing": ("no gradient checkpointing: checkpointing on", ["train.gradient_checkpointing=true"],
+                      ("classification", "sft")),
+    "packed": ("length grouping: packed (padding-free) rows instead", ["data.packing=true"], ("sft",)),
+}
+
+
+def full_vocabulary_logits(model, inputs):
+    """The logits a plain recipe computes: every position, the whole vocabulary, upcast to fp32."""
+    from lmtune.data.tokenize import IGNORE
+    from lmtune.tasks.base import MODEL_INPUTS
+
+    kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+    logits = model(**kwargs, use_cache=False).logits.float()[:, :-1]
+    next_labels = inputs["labels"][:, 1:]
+    keep = next_labels != IGNORE
+    return logits[keep], next_labels[keep]
+
+
+def one(lever: str, argv: list[str]) -> None:
+    """Run lmtune in this process with one lever turned off."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import lmtune.methods.peft_methods
+    import lmtune.tasks.label_tokens
+    import lmtune.tasks.sft
+    from lmtune.cli import main
+
+    if lever == "full_logits":
+        lmtune.tasks.label_tokens.target_logits = lmtune.tasks.sft.target_logits = full_vocabulary_logits
+    elif lever == "torch_dropout":
+        lmtune.methods.peft_methods.use_fast_dropout = lambda model: 0
+    sys.exit(main(argv))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="classification", choices=sorted(WORKLOADS))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--levers", default=",".join(LEVERS))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.one:
+        return one(args.one, rest)
+    w = WORKLOADS[args.workload]
+    print(f"| {args.workload}: turned off | s / step | real tokens/s | peak RSS (GB) | speed vs defaults |\n"
+          "| --- | ---: | ---: | ---: | ---: |", flush=True)
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = sample_rows(ROOT / w["train"], w["rows"], Path(tmp) / "train.jsonl")
+        for lever in args.levers.split(","):
+            what, overrides, workloads = LEVERS[lever]
+            if args.workload not in workloads:
+                continue
+            out = Path(tmp) / lever
+            command = [sys.executable, __file__, "--one", lever, *lmtune_train_args(w, rows, out, args.seed),
+                       f"train.max_steps={args.steps}", *overrides]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"| {what} | failed: {done.stderr.strip().splitlines()[-1:]} | | | |", flush=True)
+                continue
+            m = json.loads((out / "metrics.json").read_text())["train"]
+            rate = m["tokens"] / m["runtime_s"]
+            base = base or rate
+            print(f"| {what} | {m['runtime_s'] / m['steps']:.2f} | {rate:,.0f} | {m['peak_memory_mb'] / 1024:.2f} | "
+                  f"{rate / base:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
