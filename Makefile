@@ -22,7 +22,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lmtune train configs/sentiment_lora.yaml --output-dir runs/sentiment_lora-$$(date +%Y%m%d-%H%M%S)
 
+# lint-imports: the layering contract in pyproject.toml (nothing imports a layer above it).
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 clean:

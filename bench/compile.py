@@ -34,13 +34,13 @@ def one(variant: str, workload: str, rounds: int) -> None:
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod, ModelConfig
-    from lmtune.methods import METHODS
+    from lmtune.train.prepare import apply_method
     from lmtune.model.load import resolve_model_path
 
     batch, lengths, attention = WORKLOADS[workload]
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(ModelConfig()), dtype=torch.bfloat16,
                                                  attn_implementation=attention)
-    model = METHODS.get("lora").apply(model, LoraMethod(r=8, alpha=32, dropout=0.0, target_modules="all-linear"), None)
+    model = apply_method(LoraMethod(r=8, alpha=32, dropout=0.0, target_modules="all-linear"), model, None)
     model.train()
     if variant == "blocks":
         for block in model.base_model.model.model.layers:

@@ -60,7 +60,7 @@ def full_vocabulary_logits(model, inputs):
 def one(lever: str, argv: list[str]) -> None:
     """Run lmtune in this process with one lever turned off."""
     sys.path.insert(0, str(ROOT / "src"))
-    import lmtune.methods.peft_methods
+    import lmtune.methods.peft_common
     import lmtune.tasks.label_tokens
     import lmtune.tasks.sft
     from lmtune.cli import main
@@ -68,7 +68,7 @@ def one(lever: str, argv: list[str]) -> None:
     if lever == "full_logits":
         lmtune.tasks.label_tokens.target_logits = lmtune.tasks.sft.target_logits = full_vocabulary_logits
     elif lever == "torch_dropout":
-        lmtune.methods.peft_methods.use_fast_dropout = lambda model: 0
+        lmtune.methods.peft_common.use_fast_dropout = lambda model: 0
     sys.exit(main(argv))
 
 

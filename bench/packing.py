@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import lmtune.train.run as run_module
+import lmtune.loading as loading_module
 from lmtune.config import load_config
 from lmtune.model.packed_attention import use_packed_attention
 from lmtune.train.run import train
@@ -45,7 +45,7 @@ def main() -> None:
     ]
     rows = []
     for name, (overrides, by_example) in VARIANTS.items():
-        run_module.use_packed_attention = use_packed_attention if by_example else (lambda model: False)
+        loading_module.use_packed_attention = use_packed_attention if by_example else (lambda model: False)
         with tempfile.TemporaryDirectory() as out:
             t = train(load_config(None, common + overrides + [f"output.dir={out}/run"])).metrics["train"]
         rows.append((name, t["tokens"], t["runtime_s"], t["tokens_per_s"]))

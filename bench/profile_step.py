@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+import lmtune.train.fit as fit_module
 import lmtune.train.run as run_module
 from lmtune.config import load_config
 from lmtune.tasks.base import Task
@@ -60,8 +61,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     args, overrides = parser.parse_known_args()
     profile = ProfileSteps(args.warmup, args.steps)
-    build_callbacks = run_module.build_callbacks
-    run_module.build_callbacks = lambda *a: [*build_callbacks(*a), profile]
+    build_callbacks = fit_module.build_callbacks
+    fit_module.build_callbacks = lambda *a: [*build_callbacks(*a), profile]
     collate_times: list[float] = []
     collator = Task.collator
     Task.collator = lambda self, packing=False: timed(collator(self, packing), collate_times)

@@ -24,13 +24,13 @@ def one(threads: int) -> None:
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod, ModelConfig
-    from lmtune.methods import METHODS
+    from lmtune.train.prepare import apply_method
     from lmtune.model.load import resolve_model_path
 
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(ModelConfig()), dtype=torch.bfloat16,
                                                  attn_implementation="eager")
-    model = METHODS.get("lora").apply(model, LoraMethod(r=8, alpha=32, dropout=0.0, target_modules="all-linear"), None)
+    model = apply_method(LoraMethod(r=8, alpha=32, dropout=0.0, target_modules="all-linear"), model, None)
     model.train()
     ids = torch.randint(0, model.config.vocab_size, (16, 49))
     keep = torch.zeros_like(ids, dtype=torch.bool)

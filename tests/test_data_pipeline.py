@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from lmtune.config import load_config
 from lmtune.data.collate import PackCollator, PadCollator
 from lmtune.data.dataset import load_examples, read_splits
-from lmtune.data.formats import FORMATS, to_row
+from lmtune.data.examples import to_row
+from lmtune.data.formats import FORMATS
 from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import IGNORE
 from lmtune.errors import DataError
@@ -25,7 +26,7 @@ def ids(tok, text):
 
 def encode(tok, overrides, rows):
     cfg = load_config(None, overrides)
-    convert = FORMATS.get(cfg.data.format)
+    convert = FORMATS.get(cfg.data.format).convert
     examples = [to_row(convert(r, f"f:{i}", cfg.data)) for i, r in enumerate(rows)]
     task = TASKS.get(cfg.task.name)(cfg, tok, Renderer(tok, cfg.data.template))
     return task.encode({k: [r[k] for r in examples] for k in examples[0]})
@@ -235,7 +236,7 @@ def test_bf16_base_weights_train_like_fp32_weights_under_autocast(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod
-    from lmtune.methods import METHODS
+    from lmtune.train.prepare import apply_method
 
     rows = [{"input_ids": list(range(10, 30)), "labels": [IGNORE] * 12 + list(range(22, 30))},
             {"input_ids": list(range(40, 52)), "labels": [IGNORE] * 5 + list(range(45, 52))}]
@@ -244,7 +245,7 @@ def test_bf16_base_weights_train_like_fp32_weights_under_autocast(tiny_llama):
     for dtype in (torch.bfloat16, torch.float32):
         model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=dtype)
         torch.manual_seed(0)
-        model = METHODS.get("lora").apply(model, LoraMethod(r=4, dropout=0.0), None)
+        model = apply_method(LoraMethod(r=4, dropout=0.0), model, None)
         for name, p in model.named_parameters():
             if "lora_B" in name:  # B starts at zero; make A's gradient non-zero too
                 torch.nn.init.normal_(p, std=0.02)

@@ -7,7 +7,7 @@ import torch
 
 from lmtune.cli import main
 from lmtune.config import load_config
-from lmtune.run_dir import load_run
+from lmtune.loading import load_for_inference
 from lmtune.train.run import train
 
 from conftest import ALPACA, DATA, FAST, SENTIMENT, write_jsonl
@@ -56,7 +56,7 @@ def test_reloaded_adapter_gives_the_same_logits(tmp_path, tiny_llama):
     with torch.no_grad():
         trained = result.model.eval()
         expected = trained(input_ids=x.to(next(trained.parameters()).device)).logits.cpu()
-        _, model, _, _ = load_run(tmp_path / "run")
+        model = load_for_inference(tmp_path / "run").model
         got = model(input_ids=x.to(next(model.parameters()).device)).logits.cpu()
     lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b), "training should have moved the adapter off zero"

@@ -234,9 +234,10 @@ def test_export_writes_a_self_contained_model_with_a_card(run_dir, tmp_path):
 def load_run_fp32(run_dir):
     import torch
 
-    from lmtune.run_dir import load_run
+    from lmtune.loading import load_for_inference
 
-    return load_run(run_dir, dtype=torch.float32)
+    loaded = load_for_inference(run_dir, dtype=torch.float32)
+    return loaded.cfg, loaded.model, loaded.tokenizer, loaded.precision
 
 
 def test_adapters_on_one_base_share_it_and_answer_like_their_own_runs(run_dir, tmp_path, tiny_llama):

@@ -3,7 +3,8 @@
 import pytest
 
 from lmtune.config import load_config
-from lmtune.data.formats import FORMATS, to_row
+from lmtune.data.examples import to_row
+from lmtune.data.formats import FORMATS
 from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import IGNORE
 from lmtune.tasks import TASKS
@@ -15,7 +16,7 @@ def ids(tok, text):
 
 def encode(tok, overrides, rows, template="auto"):
     cfg = load_config(None, overrides + [f"data.template={template}"])
-    convert = FORMATS.get(cfg.data.format)
+    convert = FORMATS.get(cfg.data.format).convert
     examples = [convert(r, f"f:{i}", cfg.data) for i, r in enumerate(rows)]
     task = TASKS.get(cfg.task.name)(cfg, tok, Renderer(tok, cfg.data.template))
     rows = [to_row(e) for e in examples]

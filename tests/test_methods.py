@@ -8,17 +8,13 @@ import pytest
 import torch
 
 from lmtune.config import load_config
-from lmtune.data.dataset import read_splits, tokenize_split
-from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
+from lmtune.data.templates import Renderer
 from lmtune.infer.generate import generate
-from lmtune.methods import METHODS
+from lmtune.loading import load_for_inference, quantization
 from lmtune.model.load import load_model_and_tokenizer
-from lmtune.outputs import write_text_atomic
-from lmtune.config import config_to_yaml
-from lmtune.run_dir import load_run
-from lmtune.tasks import TASKS
-from lmtune.train.run import quantization, save_model
+from lmtune.run_dir import RunDir
+from lmtune.train.prepare import prepare
 
 from conftest import DATA
 
@@ -60,16 +56,12 @@ TASK_FAMILIES = [("label_tokens", "llama"), ("label_tokens", "gpt2"), ("sft", "l
 
 def build(model_dir, method, task_name, extra=()):
     cfg = load_config(None, [f"model.name={model_dir}", f"method.name={method}", *OPTIONS[method],
-                             *TASK_DATA[task_name], "train.precision=fp32", *extra])
-    task_cls = TASKS.get(cfg.task.name)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, torch.float32, quantization_config=quantization(cfg, "fp32"),
-                                                spec=task_cls.spec(cfg))
-    task = task_cls(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
-    ds, _ = tokenize_split(read_splits(cfg.data, 0)["train"], cfg.data, cfg.task, tokenizer, task.encode)
-    model = METHODS.get(method).apply(model, cfg.method, tokenizer)
+                             *TASK_DATA[task_name], "train.precision=fp32", "train.seed=0", *extra])
+    run = prepare(cfg)  # what `lmtune train` builds before its first step
+    model, ds = run.model, run.train_data
     device = next(model.parameters()).device  # a 4-bit model is placed on the GPU when there is one
-    batch = {k: v.to(device) for k, v in task.collator()([ds[i] for i in range(len(ds))]).items()}
-    return cfg, model, tokenizer, task, batch
+    batch = {k: v.to(device) for k, v in run.task.collator()([ds[i] for i in range(len(ds))]).items()}
+    return cfg, model, run.tokenizer, run.task, batch
 
 
 def mean_loss(task, model, batch):
@@ -114,11 +106,10 @@ def test_method_trains_only_its_parameters_and_reloads(tmp_path, request, method
     changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(p.detach(), before[n])}
     assert changed == trainable  # every trained tensor got a gradient, and nothing else moved
 
-    out = tmp_path / "run"
-    out.mkdir()
-    write_text_atomic(out / "config.yaml", config_to_yaml(cfg))
-    save_model(model, tokenizer, out)
-    _, reloaded, _, _ = load_run(out)
+    out = RunDir.create(tmp_path / "run", overwrite=False)
+    out.write_config(cfg)
+    out.save_weights(model, tokenizer)
+    reloaded = load_for_inference(out).model
     with torch.no_grad():
         expected = mean_loss(task, model, batch).cpu()
         got = mean_loss(task, reloaded, {k: v.to(next(reloaded.parameters()).device) for k, v in batch.items()}).cpu()
@@ -163,7 +154,8 @@ def test_merge_gives_the_same_logits_as_the_adapter(tmp_path, tiny_llama, method
     assert "max |logit difference|" in capsys.readouterr().out
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     assert not any("lora" in n or "ia3" in n for n, _ in merged.named_parameters())
-    _, adapter_model, tokenizer, _ = load_run(run, quantized=False, dtype=torch.float32)
+    loaded = load_for_inference(run, quantized=False, dtype=torch.float32)
+    adapter_model, tokenizer = loaded.model, loaded.tokenizer
     ids = torch.tensor([tokenizer("a gorgeous, witty film", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         # Tolerance: fp32 merge W + scale * B A versus the unmerged sum, a few ulps of the logits.

@@ -64,11 +64,11 @@ def test_regression_on_sentence_pairs(tmp_path, tiny_bert):
 def test_pairs_get_token_type_ids_on_bert(tiny_bert):
     from transformers import AutoTokenizer
 
-    from lmtune.data.formats import example, to_row
+    from lmtune.data.examples import LabelledText, to_row
     from lmtune.tasks.seq_cls import encode_texts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    rows = [to_row(example(text="a good film", pair="a bad film", label=1))]
+    rows = [to_row(LabelledText(text="a good film", pair="a bad film", label=1, messages=[]))]
     batch = {k: [r[k] for r in rows] for k in rows[0]}
     out = encode_texts(tokenizer, batch, 64)
     ids, types = out["input_ids"][0], out["token_type_ids"][0]
@@ -200,9 +200,9 @@ def test_distillation_from_a_trained_run_into_a_smaller_student(tmp_path, tiny_l
     assert metrics["train"]["total_params"] < full["train"]["total_params"]
     steps = losses(student)
     assert len(steps) == 6 and all(s == s for s in steps)
-    from lmtune.run_dir import load_run
+    from lmtune.loading import load_for_inference
 
-    _, model, _, _ = load_run(student)  # the 1-block student reloads as it was trained
+    model = load_for_inference(student).model  # the 1-block student reloads as it was trained
     assert model.base_model.model.config.num_hidden_layers == 1
 
 
@@ -210,7 +210,7 @@ def test_label_word_distillation_compares_the_label_words_only(tiny_llama, llama
     """The teacher's distribution over the rest of the vocabulary is not the task's: it must not pull."""
     from lmtune.data.templates import Renderer
     from lmtune.tasks import TASKS
-    from lmtune.train.distill import DistilledTask
+    from lmtune.tasks.distill import DistilledTask
 
     cfg = load_config(None, [f"model.name={tiny_llama}", *DISTILL])
     task = TASKS.get("label_tokens")(cfg, llama_tokenizer, Renderer(llama_tokenizer, cfg.data.template))

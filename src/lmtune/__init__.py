@@ -1,3 +1,27 @@
-"""lmtune: fine-tune language models from one typed YAML config."""
+"""lmtune: fine-tune language models from one typed YAML config.
 
-__version__ = "0.1.0"
+The Python API is the same calls the command line makes (lmtune/api.py), loaded on first use so
+that `import lmtune` stays cheap:
+
+    import lmtune
+    result = lmtune.train("configs/sentiment_lora.yaml", ["data.max_samples=500"])
+    run = lmtune.open_run(result.out)
+    print(run.status().state, lmtune.evaluate(run))
+"""
+
+from lmtune.version import __version__  # noqa: F401
+
+API = ("load_config", "train", "open_run", "runs", "evaluate", "generate", "generate_file", "chat", "merge", "export",
+       "plan", "preview_data", "plot", "serve_app", "describe_config", "StopRequest", "RunInterrupted")
+
+
+def __getattr__(name: str):
+    if name in API:
+        from lmtune import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lmtune' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *API])

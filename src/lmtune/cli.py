@@ -3,36 +3,80 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import warnings
 
-from lmtune.errors import LmtuneError
+# bitsandbytes (imported with transformers' Trainer) tries to fetch an optional CPU kernel from a hub
+# and warns when it cannot; its built-in kernels are used instead, so the warning only adds noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from lmtune import api  # noqa: E402
+from lmtune.atomic import refuse_existing, write_text_atomic  # noqa: E402
+from lmtune.errors import ConfigError, LmtuneError  # noqa: E402
+from lmtune.infer.engine import SamplingParams as SamplingDefaults  # noqa: E402
 
 
 def cmd_train(args) -> None:
-    from lmtune.config import load_config
-    from lmtune.train.run import train
-
     overrides = list(args.overrides)
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
         overrides.append(args.resume)  # `--resume key=value`: the value was an override, not a path
         args.resume = "latest"
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    cfg = load_config(args.config, overrides)
-    # Quoted in the message of an interrupted run: the same command, to which --resume is added.
-    command = shlex.join(["lmtune", "train", args.config, "--output-dir", cfg.output.dir, *overrides[:len(args.overrides)]])
-    train(cfg, resume=args.resume, command=command)
+    cfg = api.load_config(args.config, overrides)
+    stop = api.StopRequest()
+    try:
+        with stop_on_signals(stop):
+            api.train(cfg, resume=args.resume, stop=stop)
+    except api.RunInterrupted as e:
+        # The same command, to which --resume is added.
+        command = shlex.join(["lmtune", "train", args.config, "--output-dir", cfg.output.dir, *overrides[:len(args.overrides)]])
+        raise Interrupted(f"{e}. Resume with: {command} --resume", 128 + signal.Signals[e.reason].value) from None
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code  # what a shell reports for a process ended by that signal
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop):
+    """Ctrl-C / SIGTERM during the training steps ask the run to stop at the step end, with a
+    checkpoint; a second signal, or one while loading or saving, stops at once."""
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def restore() -> None:
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+
+    def handle(signum, frame) -> None:
+        restore()
+        if not stop.armed:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        stop.request(signal.Signals(signum).name)
+
+    for s in SIGNALS:
+        signal.signal(s, handle)
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_plan(args) -> None:
-    from lmtune.config import load_config
-    from lmtune.plan.command import plan
-
     overrides = list(args.overrides)
     if args.config and "=" in args.config and not os.path.exists(args.config):
         overrides.insert(0, args.config)  # `lmtune plan --model m key=value`: no config file
@@ -41,116 +85,91 @@ def cmd_plan(args) -> None:
                       ("max_length", "data.max_length")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    plan(load_config(args.config, overrides), compare=args.compare, throughput=args.throughput)
+    api.plan(args.config, overrides, compare=args.compare, throughput=args.throughput)
 
 
 def cmd_plot(args) -> None:
-    from lmtune.outputs import refuse_existing
-    from lmtune.plot import plot_runs
-
     output = args.output or (f"{args.run_dirs[0]}/loss.png" if len(args.run_dirs) == 1 else "runs.png")
     if len(args.run_dirs) > 1 or args.output:
         refuse_existing(output)  # a run's own loss.png is redrawn; any other picture is never written over
-    print(f"lmtune: wrote {plot_runs(args.run_dirs, output)}")
+    print(f"lmtune: wrote {api.plot(args.run_dirs, output)}")
 
 
 def cmd_data(args) -> None:
-    from lmtune.config import load_config
-    from lmtune.data.preview import preview
+    api.preview_data(args.config, args.overrides, rows=args.rows)
 
-    preview(load_config(args.config, list(args.overrides)), rows=args.rows)
+
+def cmd_config(args) -> None:
+    print(api.describe_config(args.section), end="")
+
+
+def cmd_runs(args) -> None:
+    from lmtune.report import print_runs
+
+    print_runs(api.runs(args.directory))
 
 
 def cmd_eval(args) -> None:
-    from lmtune.eval.evaluate import evaluate_run
-    from lmtune.outputs import refuse_existing
-
     refuse_existing(args.output, args.generations)
-    report = evaluate_run(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens)
+    report = api.evaluate(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
-        from lmtune.outputs import write_text_atomic
-
         write_text_atomic(args.output, text + "\n")
 
 
-def sampling_params(args):
-    from lmtune.infer.engine import SamplingParams
-
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+def sampling(args) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "top_k": args.top_k, "repetition_penalty": args.repetition_penalty, "seed": args.seed}
 
 
 def cmd_generate(args) -> None:
-    from lmtune.errors import ConfigError
-    from lmtune.infer.generate import chat_messages, generate_file
-
     if (args.prompt is None) == (args.input is None):
         raise ConfigError("give a prompt, or --input prompts.jsonl with --output answers.jsonl")
     if args.input and not args.output:
         raise ConfigError("--input needs --output answers.jsonl")
-    from lmtune.outputs import refuse_existing
-
     refuse_existing(args.output)
-    from lmtune.infer.load import load_engine
-
-    cfg, engine = load_engine(args.run_dir)
-    system = args.system if args.system is not None else cfg.data.system_prompt
-    params = sampling_params(args)
     if args.input:
-        count = generate_file(engine, args.input, args.output, params, system, args.batch_size)
+        count = api.generate_file(args.run_dir, args.input, args.output, args.system, args.batch_size, **sampling(args))
         print(f"lmtune: {count} answers written to {args.output}")
     else:
-        print(engine.generate([engine.prompt_ids(chat_messages(args.prompt, system))], params)[0].text.strip())
+        print(api.generate(args.run_dir, args.prompt, args.system, **sampling(args)))
 
 
 def cmd_chat(args) -> None:
-    from lmtune.infer.chat import chat
-    from lmtune.infer.load import load_engine
-
-    cfg, engine = load_engine(args.run_dir)
-    system = args.system if args.system is not None else cfg.data.system_prompt
-    chat(engine, sampling_params(args), system)
+    api.chat(args.run_dir, args.system, **sampling(args))
 
 
 def cmd_serve(args) -> None:
     import uvicorn
 
-    from lmtune.errors import ConfigError
-    from lmtune.infer.load import load_engines
-    from lmtune.infer.serve import build_app
-
     if not args.run_dirs and not args.base:
         raise ConfigError("give one or more run directories, or --base MODEL")
-    engines = load_engines(args.run_dirs, args.base)
-    print(f"lmtune: serving {', '.join(engines)} on http://{args.host}:{args.port}/v1"
+    app = api.serve_app(args.run_dirs, args.base, args.api_key)
+    print(f"lmtune: serving {', '.join(app.state.models)} on http://{args.host}:{args.port}/v1"
           + (" (API key required)" if args.api_key else ""), flush=True)
-    uvicorn.run(build_app(engines, args.api_key), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def add_sampling_options(p) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    defaults = SamplingDefaults()
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=defaults.top_p)
+    p.add_argument("--top-k", type=int, default=defaults.top_k)
+    p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--system", help="system prompt (default: the run's data.system_prompt)")
 
 
 def cmd_merge(args) -> None:
-    from lmtune.export.merge import merge_run
-
-    report = merge_run(args.run_dir, args.out_dir, args.dtype)
+    report = api.merge(args.run_dir, args.out_dir, args.dtype)
     print(f"lmtune: merged {report['method']} adapter written to {report['out']} ({report['dtype']}); "
           f"max |logit difference| to the adapter model: {report['max_abs_logit_diff']:.2e}")
 
 
 def cmd_export(args) -> None:
-    from lmtune.export.export import export_run
-
-    out = export_run(args.run_dir, args.out_dir, args.dtype)
+    out = api.export(args.run_dir, args.out_dir, args.dtype)
     print(f"lmtune: exported a self-contained model to {out} (weights, tokenizer, generation config, README.md)")
 
 
@@ -158,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description="Fine-tune language models from a YAML config.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train from CONFIG.yaml, with key.sub=value overrides")
+    p = sub.add_parser("train", help="train from CONFIG.yaml, with key.sub=value overrides",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config keys (override any with key.sub=value; `lmtune config SECTION` shows one section):\n\n"
+                              + api.describe_config())
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=1e-4 data.max_samples=500")
     p.add_argument("--output-dir", help="where to write the run (same as output.dir=...)")
@@ -176,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="every method side by side")
     p.add_argument("--throughput", type=float, help="training GFLOP/s to assume instead of measuring this machine")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("config", help="every config key with its type, default and meaning")
+    p.add_argument("section", nargs="?", help="one section: model, method, data, task, train, distill, output")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("runs", help="the runs under a directory: state, task, method, model, metrics")
+    p.add_argument("directory", nargs="?", default="runs")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("plot", help="draw the loss and validation metrics of one or more runs on one chart")
     p.add_argument("run_dirs", nargs="+")
@@ -243,18 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     # Quieter third-party output: the user reads lmtune's lines, the progress bar and the table.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes tries to fetch an optional CPU kernel from a hub and warns when it cannot; its
-    # built-in kernels are used instead, so the warning only adds noise.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # transformers 5 renames arguments across minor versions; its deprecation notices are not the user's to act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # the weight-loading bars; training keeps its own
-    from lmtune.train.interrupt import TrainingInterrupted
     try:
         args.func(args)
-    except TrainingInterrupted as e:
+    except Interrupted as e:
         print(f"lmtune: {e}", file=sys.stderr)
         return e.exit_code
     except LmtuneError as e:

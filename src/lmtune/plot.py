@@ -1,29 +1,11 @@
-"""loss.png for a run, `lmtune plot RUN_DIR ...` to compare runs on one chart (from log.jsonl), and
-the confusion matrix of a classification run."""
+"""Charts: loss and metric curves of one or more runs (from their log records), and the confusion
+matrix of a classification run. Drawing only: the caller reads the runs (RunDir.log())."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
-from lmtune.errors import ConfigError
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no log.jsonl here; give a run directory written by lmtune train")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise ConfigError(f"{path}:{number}: not a JSON line") from None
-    return records
+from lmtune.atomic import write_atomic
 
 
 def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
@@ -40,13 +22,14 @@ def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     return out
 
 
-def plot_runs(run_dirs: list[Path], output: Path) -> Path:
+def plot_runs(runs: list[tuple[str, list[dict]]], output: Path) -> Path:
+    """One chart of the training loss and validation metrics of runs given as (name, log records)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
 
-    runs = [(Path(d).name, curves(read_log(Path(d)))) for d in run_dirs]
+    runs = [(name, curves(records)) for name, records in runs]
     metrics = sorted({k for _, c in runs for k in c if k.startswith("eval_") and k != "eval_loss"})
     fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(12 if metrics else 7, 4.5), squeeze=False)
     loss_ax = axes[0][0]
@@ -74,17 +57,13 @@ def plot_runs(run_dirs: list[Path], output: Path) -> Path:
 
 
 def _save(fig, output: Path) -> Path:
-    """Write the figure atomically (temp file + rename) and free it."""
+    """Write the figure atomically and free it."""
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".png", dir=output.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, output)
+        write_atomic(output, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return output
 
 

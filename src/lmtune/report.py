@@ -12,16 +12,15 @@ from rich.table import Table
 console = Console(highlight=False, width=shutil.get_terminal_size((120, 24)).columns)
 
 
-def print_data_summary(splits, template_mode: str) -> None:
-    for name, info in splits:
-        if info is None:
-            continue
-        rows = "streamed" if info.rows < 0 else f"{info.rows:,} rows"
-        line = f"lmtune: {name}: {rows} from {info.source} (template: {template_mode})"
-        if info.skipped:
-            line += f", {info.skipped:,} bad rows skipped"
-        if info.truncated:
-            line += f", {info.truncated:,} rows longer than data.max_length were cut (prompt cut from the left)"
+def print_data_summary(splits: dict[str, dict], template_mode: str) -> None:
+    """One line per split: rows, source, template, rows skipped and cut."""
+    for name, info in splits.items():
+        rows = "streamed" if info["rows"] < 0 else f"{info['rows']:,} rows"
+        line = f"lmtune: {name}: {rows} from {info['source']} (template: {template_mode})"
+        if info["skipped"]:
+            line += f", {info['skipped']:,} bad rows skipped"
+        if info["truncated"]:
+            line += f", {info['truncated']:,} rows longer than data.max_length were cut (prompt cut from the left)"
         print(line, flush=True)
 
 
@@ -31,7 +30,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def print_run_summary(metrics: dict, headline: str, out: Path) -> None:
+def print_run_summary(metrics: dict, headline: str, out: str | Path) -> None:
     table = Table(title="lmtune run", show_header=True)
     table.add_column("")
     table.add_column("value", justify="right")
@@ -54,3 +53,18 @@ def print_run_summary(metrics: dict, headline: str, out: Path) -> None:
     table.add_row("saved", f"{metrics['saved']['path']} ({metrics['saved']['size_mb']:.1f} MB)")
     console.print(table)
     console.print(f"run directory: {out} (config.yaml, metrics.json, log.jsonl, loss.png)")
+
+
+def print_runs(summaries: list[dict]) -> None:
+    """`lmtune runs`: one row per run directory, newest first."""
+    import time
+
+    table = Table(title="lmtune runs", show_header=True)
+    for column in ("run", "state", "step", "task", "method", "model", "result", "tokens/s", "updated"):
+        table.add_column(column, justify="right" if column in ("step", "tokens/s") else "left")
+    for s in summaries:
+        headline = next(iter(s["metrics"].items()), None)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["updated"])) if s["updated"] else ""
+        table.add_row(s["name"], s["state"], str(s["step"]), s["task"] or "", s["method"] or "", str(s["model"] or ""),
+                      f"{headline[0]} {_fmt(headline[1])}" if headline else "", _fmt(s["tokens_per_s"] or ""), when)
+    console.print(table)

@@ -14,15 +14,17 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from lmtune import __version__
-from lmtune.config import DataConfig, TaskConfig
-from lmtune.data.formats import FORMATS, Example, to_row
+from lmtune.version import __version__
+from lmtune.data.examples import columns, to_row
+from lmtune.data.formats import FORMATS
 from lmtune.data.sources import read_rows
+from lmtune.data.tokenize import TRUNCATED
 from lmtune.errors import DataError
 from lmtune.model.builtin import cache_root
+from lmtune.sections import DataConfig
 
 # Bump when the meaning of cached token ids changes.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Split:
 
     name: str
     source: str  # what the user named: a path, a glob, "mix of 2 sources", "5% of train"
-    examples: list[Example]
+    examples: list[dict]
     skipped: int = 0  # bad rows skipped (on_bad_rows: skip)
 
 
@@ -45,7 +47,7 @@ class SplitInfo:
     lengths: dict = field(default_factory=dict)  # min / mean / max tokens per row
 
 
-def load_examples(spec: str, cfg: DataConfig) -> tuple[list[Example], int]:
+def load_examples(spec: str, cfg: DataConfig) -> tuple[list[dict], int]:
     """Read and check every row of a source. Returns the examples and the count of bad rows skipped."""
     examples, skipped = [], 0
     for ex in iter_examples(spec, cfg):
@@ -60,7 +62,7 @@ def load_examples(spec: str, cfg: DataConfig) -> tuple[list[Example], int]:
 
 def iter_examples(spec: str, cfg: DataConfig):
     """Examples one by one; a bad row raises (on_bad_rows: error) or comes as its DataError (skip)."""
-    convert = FORMATS.get(cfg.format)
+    convert = FORMATS.get(cfg.format).convert
     for loc, row in read_rows(spec, cfg.txt_unit):
         try:
             if isinstance(row, DataError):
@@ -78,7 +80,7 @@ def shuffled(items: list, seed: int) -> list:
     return out
 
 
-def sample(examples: list[Example], limit: Optional[int], seed: int) -> list[Example]:
+def sample(examples: list[dict], limit: Optional[int], seed: int) -> list[dict]:
     """At most `limit` examples, drawn with a seeded shuffle so a sorted file still gives a fair
     sample; the file order is kept among those drawn."""
     if limit is None or limit >= len(examples):
@@ -99,7 +101,7 @@ def read_mix(cfg: DataConfig, seed: int) -> Split:
         skipped += bad
     total = sum(len(ex) for ex, _ in parts)
     weight_sum = sum(w for _, w in parts)
-    mixed: list[Example] = []
+    mixed: list[dict] = []
     for i, (examples, weight) in enumerate(parts):
         count = round(total * weight / weight_sum)
         order = shuffled(range(len(examples)), seed + i)
@@ -147,7 +149,7 @@ def read_validation(cfg: DataConfig, seed: int) -> Optional[Split]:
     return None
 
 
-def tokenize_split(split: Split, data_cfg: DataConfig, task_cfg: TaskConfig, tokenizer, encode: Callable[[dict], dict]):
+def tokenize_split(split: Split, data_cfg: DataConfig, task_cfg, tokenizer, encode: Callable[[dict], dict]):
     """Tokenise one split with the task's `encode` (a batched datasets.map function), cached."""
     from datasets import Dataset
 
@@ -170,7 +172,7 @@ def tokenize_split(split: Split, data_cfg: DataConfig, task_cfg: TaskConfig, tok
         source=split.source,
         rows=len(ds),
         skipped=split.skipped,
-        truncated=int(sum(ds["truncated"])),
+        truncated=int(sum(ds[TRUNCATED])),
         tokens=sum(lengths),
         lengths={"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)},
     )
@@ -188,11 +190,11 @@ def stream_split(spec: str, cfg: DataConfig, encode: Callable[[dict], dict], see
                 yield to_row(ex)
 
     stream = IterableDataset.from_generator(rows)
-    stream = stream.map(encode, batched=True, batch_size=256, remove_columns=["messages", "segments", "text", "label"])
+    stream = stream.map(encode, batched=True, batch_size=256, remove_columns=columns(FORMATS.get(cfg.format).family))
     return stream.shuffle(seed=seed, buffer_size=1000), SplitInfo(source=spec, rows=-1, skipped=0, truncated=0)
 
 
-def _cache_key(rows: list[dict], data_cfg: DataConfig, task_cfg: TaskConfig, tokenizer) -> str:
+def _cache_key(rows: list[dict], data_cfg: DataConfig, task_cfg, tokenizer) -> str:
     h = hashlib.sha256()
     for row in rows:
         h.update(json.dumps(row, sort_keys=True).encode())

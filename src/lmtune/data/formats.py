@@ -1,11 +1,8 @@
-"""Row formats -> one normal form, checked field by field.
+"""Row formats -> typed examples (data/examples.py), checked field by field.
 
-The normal form is a dict with the same keys for every example (so that a datasets.Dataset can hold
-them): `messages` (chat turns), `segments` (raw [text, is_target] pieces that bypass the template:
-the completion format), `text` (a raw document: continued pre-training; the input text of a
-classification or regression row), `pair` (the second text of a sentence pair, "" when none),
-`label` (a class index, -1 when none; the target number for regression), and `words` / `tags`
-(token classification: the words and a tag index for each). Each converter raises a DataError
+A format is a converter registered under its name with the example family it makes: instruction,
+completion, messages and sharegpt make Chat examples; text a Document; classification a
+LabelledText; regression a ScoredText; tokens TaggedWords. Each converter raises a DataError
 naming the file, line and field.
 """
 
@@ -13,43 +10,41 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from lmtune.config import DataConfig
+from lmtune.data.examples import Chat, Document, LabelledText, ScoredText, TaggedWords
 from lmtune.errors import DataError
 from lmtune.registry import Registry
+from lmtune.sections import DataConfig
 
-Example = dict[str, Any]
-Converter = Callable[[dict[str, Any], str, DataConfig], Example]
 
-FORMATS: Registry[Converter] = Registry("data format")
+@dataclass(frozen=True)
+class Format:
+    convert: Callable[[dict[str, Any], str, DataConfig], dict]  # (row, location, data config) -> an example
+    family: type  # the TypedDict it makes (data/examples.py); a task takes some families (Task.examples)
+
+    def __call__(self, row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
+        return self.convert(row, loc, cfg)
+
+
+FORMATS: Registry[Format] = Registry("data format")
+
+
+def register_format(name: str, family: type):
+    def add(convert):
+        FORMATS.register(name)(Format(convert, family))
+        return convert
+
+    return add
+
+
 ROLES = ("system", "user", "assistant", "tool")
 # Keys of a turn passed through to the chat template besides role and content (tool calling).
 TURN_EXTRAS = ("tool_calls", "name", "tool_call_id")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                   "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool"}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def example(messages=(), segments=(), text: str = "", label: int | float = -1, pair: str = "",
-            words=(), tags=()) -> Example:
-    return {"messages": list(messages), "segments": [list(s) for s in segments], "text": text, "label": label,
-            "pair": pair, "words": list(words), "tags": list(tags)}
-
-
-JSON_KEYS = ("messages", "segments", "words", "tags")
-
-
-def to_row(ex: Example) -> dict[str, Any]:
-    """Storage form for a datasets.Dataset: lists as JSON text, whose structure (tool calls with
-    arbitrary arguments) Arrow could not hold in one schema."""
-    return {k: json.dumps(v) if k in JSON_KEYS else v for k, v in ex.items()}
-
-
-def from_batch(batch: dict[str, list]) -> list[Example]:
-    """The examples of a batched datasets.map call over rows made by to_row."""
-    keys = list(batch)
-    return [{k: json.loads(v) if k in JSON_KEYS else v for k, v in zip(keys, values)} for values in zip(*batch.values())]
 
 
 def column(cfg: DataConfig, field: str) -> str:
@@ -79,8 +74,8 @@ def with_system(messages: list[dict[str, Any]], cfg: DataConfig) -> list[dict[st
     return messages
 
 
-@FORMATS.register("classification")
-def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("classification", LabelledText)
+def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     text = text_field(row, loc, cfg, "text")
     label = parse_label(row.get(column(cfg, "label")), loc, cfg)
 
@@ -95,11 +90,11 @@ def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
 
     prompt = _PLACEHOLDER.sub(fill, cfg.prompt)
     pair = text_field(row, loc, cfg, "text_pair", required=False)
-    return example(messages=with_system([{"role": "user", "content": prompt}], cfg), label=label, text=prompt, pair=pair)
+    return LabelledText(text=prompt, pair=pair, label=label, messages=with_system([{"role": "user", "content": prompt}], cfg))
 
 
-@FORMATS.register("regression")
-def regression(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("regression", ScoredText)
+def regression(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """A text (and optionally a second text, text_pair) with a number to predict (label)."""
     text = text_field(row, loc, cfg, "text")
     name = column(cfg, "label")
@@ -112,11 +107,11 @@ def regression(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         what = "missing" if value is None else f"not a number ({value!r})"
         raise DataError(f"{loc}: field {name!r} is {what}{_mapping_hint('label', name)}")
-    return example(text=text, pair=text_field(row, loc, cfg, "text_pair", required=False), label=float(value))
+    return ScoredText(text=text, pair=text_field(row, loc, cfg, "text_pair", required=False), label=float(value))
 
 
-@FORMATS.register("tokens")
-def tokens(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("tokens", TaggedWords)
+def tokens(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """Token classification: a list of words (tokens) and a tag for each (tags: names from
     data.labels, or their indices), as in CoNLL / WNUT files converted to JSON lines."""
     words_name, tags_name = column(cfg, "tokens"), column(cfg, "tags")
@@ -139,7 +134,7 @@ def tokens(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
             ids.append(t)
         else:
             raise DataError(f"{loc}: {tags_name}[{i}] = {t!r} is not one of data.labels {names}")
-    return example(words=words, tags=ids)
+    return TaggedWords(words=words, tags=ids)
 
 
 def parse_label(value: Any, loc: str, cfg: DataConfig) -> int:
@@ -161,44 +156,44 @@ def parse_label(value: Any, loc: str, cfg: DataConfig) -> int:
     return value
 
 
-@FORMATS.register("instruction")
-def instruction(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("instruction", Chat)
+def instruction(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """Alpaca (instruction / input / output); Dolly via columns {input: context, output: response}."""
     prompt = text_field(row, loc, cfg, "instruction")
     extra = text_field(row, loc, cfg, "input", required=False)
     answer = text_field(row, loc, cfg, "output")
     user = f"{prompt}\n\n{extra}" if extra else prompt
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    return example(messages=with_system(messages, cfg))
+    return Chat(messages=with_system(messages, cfg), segments=[])
 
 
-@FORMATS.register("completion")
-def completion(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("completion", Chat)
+def completion(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """Plain prompt -> completion text, no chat template; the loss is on the completion (+ EOS)."""
     prompt = text_field(row, loc, cfg, "prompt")
     answer = text_field(row, loc, cfg, "completion")
-    return example(segments=[(prompt, False), (answer, True)])
+    return Chat(messages=[], segments=[[prompt, False], [answer, True]])
 
 
-@FORMATS.register("text")
-def text(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("text", Document)
+def text(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """A raw document for continued pre-training: the loss is on every token."""
-    return example(text=text_field(row, loc, cfg, "text"))
+    return Document(text=text_field(row, loc, cfg, "text"))
 
 
-@FORMATS.register("messages")
-def messages(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("messages", Chat)
+def messages(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     name = column(cfg, "messages")
 
     def turn(t: dict, where: str) -> dict:
         return {"role": t.get("role"), "content": t.get("content"), **{k: t[k] for k in TURN_EXTRAS if t.get(k) is not None}}
 
     out = _turns(row, loc, name, "role and content", turn)
-    return example(messages=with_system(check_conversation(out, loc, name), cfg))
+    return Chat(messages=with_system(check_conversation(out, loc, name), cfg), segments=[])
 
 
-@FORMATS.register("sharegpt")
-def sharegpt(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
+@register_format("sharegpt", Chat)
+def sharegpt(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """`conversations` of {from, value} turns (human / gpt / system / function_call / observation)."""
     name = column(cfg, "conversations")
 
@@ -211,7 +206,7 @@ def sharegpt(row: dict[str, Any], loc: str, cfg: DataConfig) -> Example:
     out = _turns(row, loc, name, "from and value", turn)
     if isinstance(row.get("system"), str) and row["system"].strip() and out and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": row["system"]})
-    return example(messages=with_system(check_conversation(out, loc, name), cfg))
+    return Chat(messages=with_system(check_conversation(out, loc, name), cfg), segments=[])
 
 
 def _turns(row: dict[str, Any], loc: str, name: str, fields: str, convert: Callable[[dict, str], dict]) -> list[dict]:

@@ -28,9 +28,9 @@ class Renderer:
         self.mode = "chat" if mode == "chat" or (mode == "auto" and has_chat) else "plain"
         self.tokenizer = tokenizer
 
-    def render(self, ex: dict, add_generation_prompt: bool = False) -> list[Segment]:
-        """Segments of a normal-form example: raw segments (completion format, EOS added to the
-        answer) or rendered messages."""
+    def render(self, ex, add_generation_prompt: bool = False) -> list[Segment]:
+        """Segments of a Chat example: raw segments (completion format, EOS added to the answer) or
+        rendered messages."""
         if ex["segments"]:
             eos = self.tokenizer.eos_token or ""
             return [(text + eos if is_target else text, is_target) for text, is_target in ex["segments"]]

@@ -8,6 +8,8 @@ from __future__ import annotations
 from lmtune.data.templates import Renderer, Segment
 
 IGNORE = -100
+# Per row: whether it was cut to data.max_length. Counted for the summary, never fed to the model.
+TRUNCATED = "truncated"
 
 
 def labels_per_token(labels: list) -> list[list]:

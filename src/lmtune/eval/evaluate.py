@@ -7,24 +7,20 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from lmtune.config import load_config
+from lmtune.atomic import write_text_atomic
 from lmtune.data.dataset import Split, load_examples, read_validation, tokenize_split
-from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.eval.text_metrics import exact_match, rouge_l
 from lmtune.infer.engine import Engine, SamplingParams
-from lmtune.outputs import write_text_atomic
-from lmtune.run_dir import load_run
-from lmtune.tasks import TASKS
+from lmtune.loading import load_for_inference
+from lmtune.run_dir import RunDir
 
 
-def evaluate_run(run_dir: str | Path, data: Optional[str] = None, generations: Optional[str] = None,
+def evaluate_run(run_dir: str | Path | RunDir, data: Optional[str] = None, generations: Optional[str] = None,
                  max_generations: int = 50, max_new_tokens: int = 256) -> dict:
-    config_file = Path(run_dir) / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"{run_dir}: not an lmtune run directory (no config.yaml)")
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
     # The data is read and checked before the model is loaded: a bad row fails at once.
-    saved = load_config(config_file)
+    saved = run.config()
     if data:
         examples, skipped = load_examples(data, saved.data)
         split = Split("eval", data, examples, skipped)
@@ -32,14 +28,13 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, generations: O
         split = read_validation(saved.data, saved.train.seed)
     if split is None:
         raise ConfigError(f"{run_dir}: the run has no validation data; pass --data FILE")
-    cfg, model, tokenizer, precision = load_run(run_dir)
-    renderer = Renderer(tokenizer, cfg.data.template)
-    task = TASKS.get(cfg.task.name)(cfg, tokenizer, renderer)
+    loaded = load_for_inference(run)
+    cfg, model, tokenizer, precision, task = loaded.cfg, loaded.model, loaded.tokenizer, loaded.precision, loaded.task
     dataset, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
     report = {"data": split.source, "rows": info.rows, **task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)}
-    pairs = reference_pairs(split) if cfg.task.name == "sft" else []
+    pairs = reference_pairs(split) if task.generates else []
     if pairs and max_generations > 0:
-        engine = Engine(model, tokenizer, renderer, precision)
+        engine = Engine(model, tokenizer, task.renderer, precision)
         rows = generate_answers(engine, pairs[:max_generations], max_new_tokens)
         report["generation"] = {
             "rows": len(rows),
@@ -56,7 +51,7 @@ def reference_pairs(split: Split) -> list[tuple[list[dict], str]]:
     one; raw text and completion rows have no chat reference."""
     pairs = []
     for ex in split.examples:
-        messages = ex["messages"]
+        messages = ex.get("messages")
         if messages and messages[-1]["role"] == "assistant":
             pairs.append((messages[:-1], messages[-1]["content"]))
     return pairs

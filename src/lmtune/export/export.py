@@ -7,30 +7,29 @@ import json
 import shutil
 from pathlib import Path
 
-from lmtune import __version__
-from lmtune.config import load_config
+from lmtune.version import __version__
+from lmtune.atomic import empty_dir, save_dir_atomic, write_text_atomic
 from lmtune.errors import ConfigError
 from lmtune.export.merge import merge_run
 from lmtune.methods import METHODS
-from lmtune.outputs import prepare_output_dir, write_text_atomic
+from lmtune.run_dir import RunDir
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
-    run, out = Path(run_dir), Path(out_dir)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run}: not an lmtune run directory (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
+def export_run(run_dir: str | Path | RunDir, out_dir: str | Path, dtype: str = "fp32") -> Path:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    out = Path(out_dir)
+    cfg = run.config()
     method = METHODS.get(cfg.method.name)
-    if method.merge == "yes":
-        merge_run(run, out, dtype)
-    elif method.merge == "plain":
-        prepare_output_dir(out, overwrite=False)
-        out.rmdir()
-        shutil.copytree(run / "model", out)
-    else:
-        raise ConfigError(f"{run}: {cfg.method.name} learns virtual tokens, which a plain model cannot hold; "
+    if not (method.mergeable or method.saves == "model"):
+        raise ConfigError(f"{run.path}: {cfg.method.name} learns virtual tokens, which a plain model cannot hold; "
                           "serve or share the run directory itself")
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    metrics = run.metrics()
+    if method.mergeable:
+        merge_run(run, out, dtype)
+    else:
+        saved = run.check_weights()
+        empty_dir(out).rmdir()
+        save_dir_atomic(out, lambda tmp: shutil.copytree(saved, tmp, dirs_exist_ok=True))
     write_text_atomic(out / "README.md", model_card(cfg, metrics))
     return out
 

@@ -7,33 +7,33 @@ from pathlib import Path
 
 import torch
 
-from lmtune.config import load_config
+from lmtune.atomic import empty_dir, save_dir_atomic
 from lmtune.errors import ConfigError, LmtuneError
+from lmtune.loading import load_for_inference
 from lmtune.methods import METHODS
-from lmtune.outputs import prepare_output_dir, save_dir_atomic
-from lmtune.run_dir import load_run
+from lmtune.run_dir import RunDir
 
 CHECK_TEXT = "The quick brown fox jumps over the lazy dog. A gorgeous, witty film."
 TOLERANCE = 1e-3  # max |logit difference| allowed between merged and adapter model, both in fp32
 
 
-def merge_run(run_dir: str | Path, out_dir: str | Path, save_dtype: str = "fp32") -> dict:
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run}: not an lmtune run directory (no config.yaml)")
-    name = load_config(run / "config.yaml").method.name
+def merge_run(run_dir: str | Path | RunDir, out_dir: str | Path, save_dtype: str = "fp32") -> dict:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    name = run.config().method.name
     method = METHODS.get(name)
-    if method.merge == "plain":
-        raise ConfigError(f"{run}: a {name} run is already a plain model ({run / 'model'}); there is nothing to merge")
-    if method.merge == "no":
-        raise ConfigError(f"{run}: {name} learns virtual tokens, which cannot be folded into weights; "
+    if method.saves == "model":
+        raise ConfigError(f"{run.path}: a {name} run is already a plain model ({run.path / 'model'}); there is nothing to merge")
+    if not method.mergeable:
+        raise ConfigError(f"{run.path}: {name} learns virtual tokens, which cannot be folded into weights; "
                           "use the run directory itself with lmtune generate / eval")
+    run.check_weights()
     out = Path(out_dir)
-    prepare_output_dir(out, overwrite=False)
-    if name == "qlora":
-        print("lmtune: a QLoRA adapter is merged into the base reloaded in full precision, not into 4-bit weights")
+    empty_dir(out)
+    if method.quantization:
+        print(f"lmtune: a {name} adapter is merged into the base reloaded in full precision, not into 4-bit weights")
     # Merging happens in fp32 so that W + scale * B A is not rounded before it is checked.
-    cfg, model, tokenizer, _ = load_run(run, quantized=False, dtype=torch.float32)
+    loaded = load_for_inference(run, quantized=False, dtype=torch.float32)
+    model, tokenizer = loaded.model, loaded.tokenizer
     ids = torch.tensor([tokenizer(CHECK_TEXT, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device)
     layer, weight_before = _first_adapted_weight(model)
     with torch.no_grad():

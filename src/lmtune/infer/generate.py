@@ -9,7 +9,7 @@ from lmtune.data.sources import read_rows
 from lmtune.data.templates import Renderer
 from lmtune.errors import DataError
 from lmtune.infer.engine import Engine, SamplingParams
-from lmtune.outputs import write_text_atomic
+from lmtune.atomic import write_text_atomic
 
 
 def chat_messages(prompt: str, system: str | None = None) -> list[dict]:

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any, Optional, Union
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.infer.engine import Engine, SamplingParams
@@ -60,21 +61,22 @@ def error(status: int, message: str, kind: str = "invalid_request_error", code: 
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
-def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
-    from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
+class ApiError(Exception):
+    """An OpenAI-shaped error raised inside a route (the key check is a dependency, not middleware)."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+
+
+def install_error_handlers(app) -> None:
+    """Errors in OpenAI's JSON shape, never FastAPI's default bodies or a 500 for a client's mistake."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import StreamingResponse
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="lmtune")
-    created = int(time.time())
-
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
-            return error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
-        return await call_next(request)
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return error(exc.status, exc.message, exc.kind, exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request, exc: RequestValidationError):
@@ -86,14 +88,29 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
     async def http_error(request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail))
 
-    @app.get("/v1/models")
+
+def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
+    """/v1/models, /v1/chat/completions and /v1/completions over these engines, as an APIRouter that
+    `lmtune serve` and the web UI mount (with install_error_handlers on their app)."""
+    from fastapi import APIRouter, Depends
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import StreamingResponse
+
+    def check_key(request: Request) -> None:
+        if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
+            raise ApiError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+
+    router = APIRouter(dependencies=[Depends(check_key)])
+    created = int(time.time())
+
+    @router.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "lmtune"} for m in engines]}
 
     def unknown_model(name: str):
         return error(404, f"The model {name!r} does not exist; GET /v1/models lists them.", code="model_not_found")
 
-    @app.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         engine = engines.get(body.model)
         if engine is None:
@@ -124,7 +141,7 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
             "usage": _usage(done.prompt_tokens, done.completion_tokens),
         }
 
-    @app.post("/v1/completions")
+    @router.post("/v1/completions")
     async def completions(body: CompletionRequest):
         engine = engines.get(body.model)
         if engine is None:
@@ -154,7 +171,20 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
             "usage": _usage(sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done)),
         }
 
+    return router
+
+
+def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
+    """The `lmtune serve` application: the OpenAI-compatible router and its error shapes."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="lmtune")
+    install_error_handlers(app)
+    app.include_router(openai_router(engines, api_key))
+    app.state.models = list(engines)
     return app
+
+
 
 
 def _usage(prompt: int, completion: int) -> dict:

@@ -1,34 +1,33 @@
-"""Freezing: only the last N transformer blocks and parameters matching name patterns train."""
+"""Freezing: only the last N transformer blocks and parameters matching name patterns train; the
+run saves a whole model."""
 
 from __future__ import annotations
 
 from fnmatch import fnmatch
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from lmtune.errors import ConfigError
-from lmtune.methods import METHODS, Method
+from lmtune.methods import Method, PlanFacts, register_method
+from lmtune.model.blocks import transformer_blocks
+from lmtune.sections import Section
 
 
-# The head transformers adds for sequence / token classification (`score` on decoders, `classifier` on
-# encoders), and a task's own layer on top of it (token_cls: `crf`).
-CLASSIFIER_HEADS = ("score", "classifier", "crf")
+class FreezeMethod(Section):
+    """Only the last N transformer blocks and/or parameters matching name patterns train."""
+
+    name: Literal["freeze"] = "freeze"
+    train_last_layers: int = Field(2, ge=0, description="how many of the last transformer blocks train")
+    train_patterns: list[str] = Field(default_factory=list, description="glob patterns of parameter names that train too, e.g. '*norm*', 'lm_head*'")
 
 
-def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The list of transformer blocks: the ModuleList as long as the config's layer count."""
-    layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
-            return module
-    raise ConfigError("method freeze: cannot find this model's list of transformer blocks; use train_patterns")
-
-
-def apply_freeze(model, options, tokenizer):
+def apply_freeze(model, options, tokenizer, added):
     for p in model.parameters():
         p.requires_grad_(False)
     if options.train_last_layers:
-        blocks = transformer_blocks(model)
+        blocks = transformer_blocks(model, "method freeze", "; use train_patterns")
         if options.train_last_layers > len(blocks):
             raise ConfigError(f"method.train_last_layers: {options.train_last_layers} > the model's {len(blocks)} blocks")
         for block in blocks[len(blocks) - options.train_last_layers :]:
@@ -41,7 +40,7 @@ def apply_freeze(model, options, tokenizer):
             raise ConfigError(f"method.train_patterns: {pattern!r} matches no parameter; module names include: {', '.join(names[:20])}")
         for p in matched:
             p.requires_grad_(True)
-    for head in CLASSIFIER_HEADS:  # a newly added classification head always trains
+    for head in added.heads + added.extra:  # a task's new head and layers always train
         module = getattr(model, head, None)
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(True)
@@ -50,4 +49,5 @@ def apply_freeze(model, options, tokenizer):
     return model
 
 
-METHODS.register("freeze")(Method(apply_freeze, freezes_base=False, merge="plain"))
+register_method(Method("freeze", FreezeMethod, apply_freeze, freezes_base=False, saves="model",
+                       plan=PlanFacts(activation_units=9.3, weights="trained")))

@@ -1,12 +1,22 @@
-"""Full fine-tuning: every weight trains."""
+"""Full fine-tuning: every weight trains; the run saves a whole model."""
 
-from lmtune.methods import METHODS, Method
+from typing import Literal
+
+from lmtune.methods import Method, PlanFacts, register_method
+from lmtune.sections import Section
 
 
-def apply_full(model, options, tokenizer):
+class FullMethod(Section):
+    """Every weight trains."""
+
+    name: Literal["full"] = "full"
+
+
+def apply_full(model, options, tokenizer, added):
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
-METHODS.register("full")(Method(apply_full, freezes_base=False, merge="plain"))
+register_method(Method("full", FullMethod, apply_full, freezes_base=False, saves="model",
+                       plan=PlanFacts(activation_units=9.3, weights="trained", trains_base=True, lighter="qlora")))

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmtune.atomic import save_dir_atomic
 from lmtune.errors import ConfigError
 
 
@@ -78,11 +77,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so an interrupted conversion is never taken as done.
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    save_dir_atomic(target, save)  # an interrupted conversion is never taken as done

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from lmtune.config import ModelConfig
+from lmtune.sections import ModelConfig
 from lmtune.errors import ConfigError
 from lmtune.model.builtin import BUILTIN_MODELS, builtin_path, converted_gguf_dir
 
@@ -97,9 +97,9 @@ def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_con
 
 def keep_first_layers(model, n: int) -> None:
     """Drop every transformer block after the first n (a student initialised from its teacher)."""
-    from lmtune.methods.freeze import transformer_blocks
+    from lmtune.model.blocks import transformer_blocks
 
-    blocks = transformer_blocks(model)
+    blocks = transformer_blocks(model, "model.keep_layers")
     if n > len(blocks):
         raise ConfigError(f"model.keep_layers: {n} > the model's {len(blocks)} blocks")
     del blocks[n:]

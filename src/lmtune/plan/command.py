@@ -7,13 +7,10 @@ import math
 from dataclasses import dataclass
 
 from lmtune.config import Config, validate_config
+from lmtune.methods import METHODS
 from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
 from lmtune.plan.shape import ModelShape, model_shape, trainable_params
 from lmtune.plan.throughput import Rate, adamw_seconds_per_param
-
-COMPARE = ["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"]
-PROMPT_TOKENS = ("prompt_tuning", "p_tuning")
-
 
 @dataclass
 class Plan:
@@ -40,7 +37,7 @@ def available_memory(device: str) -> tuple[float, str]:
 
 def batch_of(cfg: Config, stats: dict | None) -> Batch:
     """The micro-batch the run will see: from the tokenised data when there is some, else max_length."""
-    virtual = getattr(cfg.method, "num_virtual_tokens", 0) if cfg.method.name in PROMPT_TOKENS else 0
+    virtual = getattr(cfg.method, "num_virtual_tokens", 0) if METHODS.get(cfg.method.name).virtual_tokens == "sequence" else 0
     length = cfg.data.max_length
     if stats:
         return Batch(cfg.train.batch_size, stats["max"], stats["mean"], stats["targets"], virtual, stats["padded"])
@@ -86,10 +83,12 @@ def suggestions(plan: Plan, cfg: Config, shape: ModelShape, batch: Batch, availa
     tips = []
     if plan.memory_checkpointed.peak <= available and not cfg.train.gradient_checkpointing:
         tips.append("train.gradient_checkpointing=true (about one more forward pass of time)")
-    if plan.method in ("full", "lora", "dora"):
-        q = memory(shape, "qlora", plan.trainable if plan.method != "full" else 0, batch, precision=precision, device=device)
+    lighter = METHODS.get(plan.method).plan.lighter
+    if lighter:
+        trainable = 0 if METHODS.get(plan.method).plan.trains_base else plan.trainable
+        q = memory(shape, lighter, trainable, batch, precision=precision, device=device)
         if q.peak <= available:
-            tips.append(f"method.name=qlora (peak {q.peak / GB:.1f} GB)")
+            tips.append(f"method.name={lighter} (peak {q.peak / GB:.1f} GB)")
     size, accum = cfg.train.batch_size, cfg.train.grad_accum
     while size > 1:
         size, accum = size // 2, accum * 2
@@ -114,15 +113,13 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
     pipeline (cached like a training run's); None without training data."""
     if not (cfg.data.train or cfg.data.mix) or cfg.data.streaming:
         return None
-    from lmtune.data.dataset import read_splits, tokenize_split
-    from lmtune.data.templates import Renderer
     from lmtune.data.tokenize import count_targets
+    from lmtune.loading import make_task
     from lmtune.plan.batching import padded_length
-    from lmtune.tasks import TASKS
+    from lmtune.train.prepare import read_data, tokenize_splits
 
-    split = read_splits(cfg.data, cfg.train.seed)["train"]
-    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
-    ds, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
+    splits = {"train": read_data(cfg)["train"]}  # as `lmtune train` reads and tokenises it
+    ds, info = tokenize_splits(cfg, splits, tokenizer, make_task(cfg, tokenizer))["train"]
     targets = count_targets(ds["labels"])
     lengths = [len(ids) for ids in ds["input_ids"]]
     computed = info.lengths["mean"] if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
@@ -136,7 +133,7 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
     """The plans (the configured method, or every method) and the table printed for them.
     `config` (a transformers config) skips loading the model's own; `throughput` is in GFLOP/s."""
     from lmtune import hardware
-    from lmtune.train.run import resolve_precision
+    from lmtune.model.precision import resolve_precision
 
     if config is None:
         from transformers import AutoConfig
@@ -159,7 +156,7 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
 
         rate = measure(config, cfg, batch, precision, tokenizer)
         rate.step_flops = flops_per_step(shape, cfg.method.name, trainable_params(config, cfg.method, tokenizer), batch, False)
-    configs = [with_method(cfg, name) for name in COMPARE] if compare else [cfg]
+    configs = [with_method(cfg, name) for name in METHODS.in_order()] if compare else [cfg]
     plans = [plan_method(config, shape, c, batch_of(c, stats), stats and stats["rows"], rate, device, precision, tokenizer)
              for c in configs]
     from lmtune.plan.report import print_plans

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmtune.methods import METHODS
 from lmtune.plan.shape import ModelShape
 
 GB = 1024**3
@@ -15,12 +16,8 @@ OPTIMIZER_STATE = {"adamw": 8, "adam": 8, "sgd": 0, "adagrad": 4, "adadelta": 8,
                    "adafactor": 0.5, "adamw_8bit": 2}
 # 4-bit NF4 weights: half a byte, plus one absmax per 64 weights (fp32, or 8-bit with double quantisation).
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
-# Activation bytes kept for the backward pass, per token and per transformer block, in units of
-# (4 x hidden + intermediate); fitted (bench/planner.py). LoRA keeps more than full fine-tuning: each
-# adapted layer holds its input again in fp32 for the adapter, and a dropout mask when dropout > 0.
-ACTIVATION_UNITS = {"lora": 15.4, "dora": 15.4, "qlora": 15.6, "full": 9.3, "freeze": 9.3}
-LORA_DROPOUT_UNITS = 5.2  # one fp32 mask per adapted layer input: 4 bytes x (6 x hidden + intermediate)
-ACTIVATION_UNITS_OTHER = 8.5  # ia3, prompt tuning, P-tuning, prefix methods: no per-layer adapter inputs
+# Activation bytes kept for the backward pass, per token and per transformer block, are each
+# method's PlanFacts (methods/*.py), in units of (4 x hidden + intermediate), fitted by bench/planner.py.
 LOGIT_BYTES = 5.3  # per target position and vocabulary entry (fp32 logits, softmax and gradient, partly freed)
 # What a training process holds besides the model (Python, torch, transformers, the data): CPU RSS.
 PROCESS_OVERHEAD = {"cpu": 0.6 * GB, "cuda": 0.5 * GB}
@@ -57,11 +54,12 @@ class Memory:
 
 def weight_bytes(shape: ModelShape, method: str, trainable: int, precision: str, double_quant: bool = True) -> float:
     low = 4 if precision == "fp32" else 2
-    if method in ("full", "freeze"):
+    kind = METHODS.get(method).plan.weights
+    if kind == "trained":
         # fp32 master weights; under autocast every linear weight also has a 16-bit copy kept for backward.
         return shape.total_params * 4 + (0 if precision == "fp32" else (shape.block_linear_params + shape.head_params) * 2)
-    if method == "qlora":
-        # What is not 4-bit (embeddings, LM head, norms) stays in the 16-bit dtype (methods/peft_methods.py).
+    if kind == "4bit":
+        # What is not 4-bit (embeddings, LM head, norms) stays in the 16-bit dtype (methods/qlora.py).
         rest = shape.total_params - shape.block_linear_params
         return shape.block_linear_params * NF4_BYTES[double_quant] + rest * low + trainable * 4
     return (shape.total_params - trainable) * low + trainable * 4
@@ -69,9 +67,8 @@ def weight_bytes(shape: ModelShape, method: str, trainable: int, precision: str,
 
 def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: str, checkpointing: bool,
                      lora_dropout: float = 0.0) -> float:
-    units = ACTIVATION_UNITS.get(method, ACTIVATION_UNITS_OTHER)
-    if method in ("lora", "dora", "qlora") and lora_dropout > 0:
-        units += LORA_DROPOUT_UNITS
+    facts = METHODS.get(method).plan
+    units = facts.activation_units + (facts.dropout_units if lora_dropout > 0 else 0.0)
     length = batch.length + batch.virtual_tokens
     tokens = batch.size * length
     per_layer = tokens * units * (4 * shape.hidden + shape.intermediate)
@@ -99,7 +96,7 @@ def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch,
     """Forward 2N per computed token (padding included); backward 2N for the input gradients, plus 2N where weights train.
     Attention adds about 6 x length x hidden per token and layer; the LM head runs on targets only."""
     tokens = batch.size * batch.computed_length
-    trained_block = shape.block_params if method == "full" else min(trainable, shape.block_params)
+    trained_block = shape.block_params if METHODS.get(method).plan.trains_base else min(trainable, shape.block_params)
     per_token = 2 * shape.block_params + 2 * shape.block_params + 2 * trained_block
     if checkpointing:
         per_token += 2 * shape.block_params  # the forward pass again
@@ -109,4 +106,4 @@ def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch,
 
 def head_flops(shape: ModelShape, method: str, batch: Batch) -> float:
     """The LM head at the target positions: forward, input gradient, and its weight gradient when it trains."""
-    return batch.size * batch.targets * shape.head_params * (6 if method == "full" else 4)
+    return batch.size * batch.targets * shape.head_params * (6 if METHODS.get(method).plan.trains_base else 4)

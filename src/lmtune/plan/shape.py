@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmtune.model.blocks import named_blocks
+
 
 @dataclass
 class ModelShape:
@@ -45,7 +47,11 @@ def model_shape(config, model=None) -> ModelShape:
     heads = config_value(config, "num_attention_heads", "n_head")
     params = dict(model.named_parameters(remove_duplicate=False))
     unique = {id(p): p for p in params.values()}
-    blocks = {n: p for n, p in params.items() if ".layers." in n or ".h." in n}
+    try:
+        prefix = named_blocks(model)[0] + "."
+    except LookupError:  # a model cut to no blocks (the planner times the head alone)
+        prefix = None
+    blocks = {n: p for n, p in params.items() if prefix and n.startswith(prefix)}
     head = model.get_output_embeddings().weight
     return ModelShape(
         layers=config_value(config, "num_hidden_layers", "n_layer"),
@@ -62,20 +68,18 @@ def model_shape(config, model=None) -> ModelShape:
     )
 
 
-def lora_like(method_cfg):
-    """QLoRA trains the same LoRA matrices as LoRA; its 4-bit base cannot be built on the meta device."""
-    from lmtune.config import LoraMethod
+def meta_buildable(method_cfg):
+    """The method, or one that trains the same parameters and builds on the meta device (QLoRA's
+    4-bit base cannot be: LoRA trains the same matrices)."""
+    from lmtune.methods import METHODS
 
-    if method_cfg.name == "qlora":
-        return LoraMethod(**{**method_cfg.model_dump(), "name": "lora"})
-    return method_cfg
+    stand_in = METHODS.get(method_cfg.name).plan.meta_stand_in
+    return METHODS.get(stand_in).options(**{**method_cfg.model_dump(), "name": stand_in}) if stand_in else method_cfg
 
 
 def trainable_params(config, method_cfg, tokenizer=None) -> int:
-    """Parameters the method trains: the method applied to a meta-device model."""
-    from lmtune.methods import METHODS
+    """Parameters the method trains: the method applied to a meta-device model, as `lmtune train` applies it."""
+    from lmtune.train.prepare import apply_method
 
-    method_cfg = lora_like(method_cfg)
-    model = meta_model(config)
-    model = METHODS.get(method_cfg.name).apply(model, method_cfg, tokenizer)
+    model = apply_method(meta_buildable(method_cfg), meta_model(config), tokenizer)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

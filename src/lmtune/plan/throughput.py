@@ -90,15 +90,16 @@ def _model(config, cfg, dtype: torch.dtype, tokenizer, blocks_only: bool):
     from transformers import AutoModelForCausalLM
 
     from lmtune.methods import METHODS
+    from lmtune.train.prepare import apply_method
 
-    name = cfg.method.name
+    method = METHODS.get(cfg.method.name)
     torch.manual_seed(0)
-    if name == "qlora" and blocks_only:
+    if method.quantization and blocks_only:
         model = _quantized(config, cfg, dtype)
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device())
-    if name == "full" or (blocks_only and name in ("lora", "dora", "qlora", "ia3")):
-        model = METHODS.get(name).apply(model, cfg.method, tokenizer)
+    if method.plan.trains_base or (blocks_only and method.plan.adapts_blocks):
+        model = apply_method(cfg.method, model, tokenizer)  # as `lmtune train` applies it
     else:  # frozen: prompt methods and freeze in the blocks, the adapters' embeddings and head
         model.requires_grad_(False)
     return model.train()
@@ -110,13 +111,13 @@ def _quantized(config, cfg, dtype: torch.dtype):
 
     from transformers import AutoModelForCausalLM
 
-    from lmtune.methods.peft_methods import qlora_quantization
+    from lmtune.methods import METHODS
     from lmtune.model.load import keep_4bit_layout_for_training
 
     with tempfile.TemporaryDirectory() as tmp:
         AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(tmp)
         model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, device_map={"": device()},
-                                                     quantization_config=qlora_quantization(cfg.method, dtype))
+                                                     quantization_config=METHODS.get(cfg.method.name).quantization(cfg.method, dtype))
     keep_4bit_layout_for_training(model)
     return model
 
@@ -155,7 +156,7 @@ def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: 
     length (padding included); the whole step is the blocks' time times the depth plus the rest."""
     from lmtune.hardware import DTYPES
     from lmtune.methods import METHODS
-    from lmtune.train.run import weights_dtype
+    from lmtune.model.precision import weights_dtype
 
     optimizer, optimizer_first = adamw_seconds_per_param()
     one = with_layers(config, 1, vocab=256)

@@ -1,8 +1,6 @@
-"""Tasks: what a task adds to the shared path (encoding, loss, metrics), behind a registry."""
+"""Tasks: what a task adds to the shared path (encoding, loss, metrics, its facts), behind a registry."""
 
-from lmtune.registry import Registry
+from lmtune.tasks.base import TASKS, Task, TaskOptions  # noqa: F401
 
-TASKS: Registry = Registry("task")
-
-# Importing the modules registers the tasks.
+# Importing the modules registers the tasks: one line per task.
 from lmtune.tasks import label_tokens, regression, seq_cls, sft, token_cls  # noqa: E402,F401

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from lmtune.config import Config
 from lmtune.data.collate import PackCollator, PadCollator
+from lmtune.data.formats import FORMATS
 from lmtune.data.templates import Renderer
-from lmtune.data.tokenize import IGNORE
+from lmtune.data.tokenize import IGNORE, TRUNCATED
 from lmtune.hardware import DTYPES
-from lmtune.methods.peft_methods import virtual_tokens_in_sequence
+from lmtune.methods import AddedModules, virtual_tokens_in_sequence
 from lmtune.model.load import CAUSAL_LM, ModelSpec
+from lmtune.registry import Registry
+from lmtune.sections import Section
+
+if TYPE_CHECKING:
+    from lmtune.config import Config
+
+
+TASKS: Registry[type["Task"]] = Registry("task")
+
+
+def register_task(name: str):
+    """Class decorator: the task under its name (its Options' name must be the same literal)."""
+    def add(cls):
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return add
 
 
 def autocast(device: torch.device, precision: str):
@@ -51,15 +68,61 @@ def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return logits.reshape(-1, logits.shape[-1]).float(), next_labels[next_labels != IGNORE]
 
 
-class Task:
-    """Base class. A task encodes examples, computes its training loss and its metrics."""
+class TaskOptions(Section):
+    """The options of a task (the `task` section); each task subclasses this with its own name."""
 
+    name: str
+
+
+class Task:
+    """Base class. A task encodes examples, computes its training loss and its metrics, and
+    declares the facts the rest of lmtune asks about it (config checks, planner, loaders, UI)."""
+
+    name: str = ""  # set by @register_task
+    Options: type[TaskOptions] = TaskOptions  # the task section's keys
+    examples: tuple[type, ...] = ()  # the example families (so the data formats) it trains on
+    columns: tuple[str, ...] = ("input_ids", "labels")  # what encode() produces, besides "truncated"
+    metrics: dict[str, str] = {"loss": "min"}  # what evaluate() returns, and whether larger ("max") is better
+    metric_for_summary = "loss"
     model_spec = CAUSAL_LM  # which transformers class it trains (classmethod spec() may shape its head)
     generates = True  # a causal LM that generate / chat / serve can use
+    labels_name: str | None = None  # what data.labels names ("label", "tag"), when the task needs them
+    can_pack = True  # rows may be packed together (data.packing)
+    can_distill = False  # a teacher's outputs can be compared with the student's (distill section)
+    head_modules: tuple[str, ...] = ()  # a new head the task puts on the model: always trained, never quantised
 
     @classmethod
-    def spec(cls, cfg: Config) -> ModelSpec:
+    def spec(cls, cfg: "Config") -> ModelSpec:
         return cls.model_spec
+
+    @classmethod
+    def check(cls, cfg: "Config") -> None:
+        """Raise ValueError for a config this task cannot run; the message says what to change."""
+        for fmt in sorted(cfg.data.formats()):
+            if FORMATS.get(fmt).family not in cls.examples:
+                takes = [n for n in FORMATS.names() if FORMATS.get(n).family in cls.examples]
+                goes_with = [t for t in TASKS.names() if FORMATS.get(fmt).family in TASKS.get(t).examples]
+                raise ValueError(f"task {cls.name} needs data.format: {' or '.join(takes)}"
+                                 + (f"; data.format {fmt} goes with task {' or '.join(goes_with)}" if goes_with else ""))
+        if cls.labels_name and not cfg.data.labels:
+            raise ValueError(f"task {cls.name} needs data.labels (the {cls.labels_name} names)")
+        if cfg.distill and not cls.can_distill:
+            distillable = [t for t in TASKS.names() if TASKS.get(t).can_distill]
+            raise ValueError(f"distill works with tasks {', '.join(distillable)}, not {cls.name}")
+        if cfg.data.packing and not cls.can_pack:
+            raise ValueError(f"task {cls.name} predicts per row; set data.packing=false")
+        metric = cfg.train.metric_for_best
+        if metric and metric not in cls.metrics:
+            raise ValueError(f"train.metric_for_best: task {cls.name} reports {', '.join(cls.metrics)}, not {metric!r}")
+
+    @property
+    def extra_layers(self) -> tuple[str, ...]:
+        """Layers this task adds on top of the transformers model (saved and reloaded with it)."""
+        return ()
+
+    def added_modules(self) -> AddedModules:
+        """What the method must leave trainable, whatever it freezes: the head and the task's layers."""
+        return AddedModules(self.head_modules, self.extra_layers)
 
     def prepare(self, model):
         """Layers the task adds to the loaded model before the method wraps it (a CRF)."""
@@ -71,10 +134,7 @@ class Task:
     def write_artifacts(self, out) -> None:
         """Pictures or files the task adds to the run directory after the final evaluation."""
 
-    metric_for_summary = "loss"
-    metrics: tuple[str, ...] = ("loss",)  # what evaluate() returns; train.metric_for_best must be one
-
-    def __init__(self, cfg: Config, tokenizer, renderer: Renderer):
+    def __init__(self, cfg: "Config", tokenizer, renderer: Renderer):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.renderer = renderer
@@ -122,7 +182,7 @@ class Task:
 
     def batches(self, dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Evaluation batches of similar lengths (less padding), moved to the model's device."""
-        columns = {c: dataset[c] for c in ("input_ids", "token_type_ids", "labels", "label") if c in dataset.column_names}
+        columns = {c: dataset[c] for c in dataset.column_names if c != TRUNCATED}
         lengths = [len(x) for x in columns["input_ids"]]
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         collate = self.collator()

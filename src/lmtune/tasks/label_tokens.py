@@ -7,20 +7,40 @@ Only the position before the label goes through the LM head, in training too.
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from lmtune.data.examples import LabelledText, from_batch
 from lmtune.data.tokenize import IGNORE, tokenize_segments, truncate
 from lmtune.errors import ConfigError
-from lmtune.tasks import TASKS
-from lmtune.data.formats import from_batch
-from lmtune.tasks.base import Task, target_logits
+from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
 
 
-@TASKS.register("label_tokens")
+class LabelTokensOptions(TaskOptions):
+    """The answer is a label word after the prompt."""
+
+    name: Literal["label_tokens"] = "label_tokens"
+    label_words: Optional[list[str]] = Field(None, description="the word for each label (default: the labels)")
+
+
+@register_task("label_tokens")
 class LabelTokensTask(Task):
+    Options = LabelTokensOptions
+    examples = (LabelledText,)
+    columns = ("input_ids", "labels", "label")
     metric_for_summary = "accuracy"
-    metrics = ("accuracy", "f1", "loss")
+    metrics = {"accuracy": "max", "f1": "max", "loss": "min"}
+    labels_name = "label"
+    can_distill = True
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        if cfg.task.label_words is not None and len(cfg.task.label_words) != len(cfg.data.labels):
+            raise ValueError("task.label_words needs one word per entry of data.labels")
 
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)

@@ -3,11 +3,15 @@ Loss: MSE, L1 or Huber; metrics: Pearson and Spearman correlation, RMSE."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from lmtune.data.examples import ScoredText
 from lmtune.model.load import ModelSpec
-from lmtune.tasks import TASKS
+from lmtune.tasks.base import TaskOptions, register_task
 from lmtune.tasks.seq_cls import SeqClsTask, head_logits
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
@@ -31,10 +35,21 @@ def ranks(x: torch.Tensor) -> torch.Tensor:
     return r
 
 
-@TASKS.register("regression")
+class RegressionOptions(TaskOptions):
+    """A number predicted by a one-output head."""
+
+    name: Literal["regression"] = "regression"
+    loss: Literal["mse", "l1", "huber"] = Field("mse", description="the loss")
+
+
+@register_task("regression")
 class RegressionTask(SeqClsTask):
+    Options = RegressionOptions
+    examples = (ScoredText,)
     metric_for_summary = "pearson"
-    metrics = ("pearson", "spearman", "rmse", "loss")
+    metrics = {"pearson": "max", "spearman": "max", "rmse": "min", "loss": "min"}
+    labels_name = None
+    can_distill = False
 
     @classmethod
     def spec(cls, cfg):

@@ -7,15 +7,43 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from lmtune.data.formats import from_batch
+from lmtune.data.examples import LabelledText, from_batch
 from lmtune.model.load import labelled_head
-from lmtune.tasks import TASKS
-from lmtune.tasks.base import MODEL_INPUTS, Task
+from lmtune.tasks.base import MODEL_INPUTS, Task, TaskOptions, register_task
 from lmtune.tasks.label_tokens import macro_f1
+
+ClassWeights = Optional[Union[Literal["balanced"], list[float]]]
+CLASS_WEIGHTS_HELP = "a weight per label in the loss, or 'balanced' (inverse label frequency in train)"
+
+
+class SeqClsOptions(TaskOptions):
+    """Classification with a new head on the model."""
+
+    name: Literal["seq_cls"] = "seq_cls"
+    class_weights: ClassWeights = Field(None, description=CLASS_WEIGHTS_HELP)
+
+
+def class_weights(cfg):
+    """task.class_weights of the tasks that have the option (regression, a subclass, has not)."""
+    return getattr(cfg.task, "class_weights", None)
+
+
+def check_class_weights(cfg) -> None:
+    weights = class_weights(cfg)
+    if isinstance(weights, list) and len(weights) != len(cfg.data.labels or []):
+        raise ValueError("task.class_weights needs one weight per entry of data.labels")
+
+
+def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
+    """weight_c = items / (classes x items of class c), as scikit-learn has it; 0 for an absent class."""
+    counts = counts.double()
+    return torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0).float()
 
 
 def encode_texts(tokenizer, batch: dict[str, list], max_length: int) -> dict[str, list]:
@@ -38,18 +66,30 @@ def head_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**kwargs).logits.float()
 
 
-@TASKS.register("seq_cls")
+@register_task("seq_cls")
 class SeqClsTask(Task):
+    Options = SeqClsOptions
+    examples = (LabelledText,)
+    columns = ("input_ids", "labels", "token_type_ids")  # token_type_ids: sentence pairs on BERT-like encoders
     metric_for_summary = "accuracy"
-    metrics = ("accuracy", "f1", "loss")
+    metrics = {"accuracy": "max", "f1": "max", "loss": "min"}
     generates = False
+    labels_name = "label"
+    can_pack = False
+    can_distill = True
+    head_modules = ("score", "classifier")  # transformers' head on decoders / encoders
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        check_class_weights(cfg)
 
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)
         self.labels = cfg.data.labels or []
         self.weights = None  # class weights; "balanced" ones are set from the training labels
-        if isinstance(cfg.task.class_weights, list):
-            self.weights = torch.tensor(cfg.task.class_weights, dtype=torch.float32)
+        if isinstance(class_weights(cfg), list):
+            self.weights = torch.tensor(class_weights(cfg), dtype=torch.float32)
         self.last_confusion = None
 
     @classmethod
@@ -62,13 +102,11 @@ class SeqClsTask(Task):
         return out
 
     def fit(self, train_dataset) -> None:
-        """Class weights 'balanced': weight_c = rows / (classes x rows of class c), as scikit-learn has it."""
-        if self.cfg.task.class_weights != "balanced" or not hasattr(train_dataset, "column_names"):
+        """Class weights 'balanced', from the training labels."""
+        if class_weights(self.cfg) != "balanced" or not hasattr(train_dataset, "column_names"):
             return
-        train_labels = train_dataset["labels"]
-        counts = Counter(train_labels)
-        n, k = len(train_labels), len(self.labels)
-        self.weights = torch.tensor([n / (k * counts[c]) if counts[c] else 0.0 for c in range(k)])
+        counts = Counter(train_dataset["labels"])
+        self.weights = balanced_weights(torch.tensor([counts[c] for c in range(len(self.labels))]))
 
     def logits_and_targets(self, model, inputs):
         return head_logits(model, inputs), inputs["labels"]

@@ -4,24 +4,34 @@ and continued pre-training on raw text (loss on every token)."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
-from lmtune.data.formats import from_batch
+from lmtune.data.examples import Chat, Document, family_of, from_batch
 from lmtune.data.templates import Segment
 from lmtune.data.tokenize import bos_prefix, tokenize_segments, truncate
-from lmtune.tasks import TASKS
-from lmtune.tasks.base import Task, target_logits
+from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
 
 
-@TASKS.register("sft")
+class SftOptions(TaskOptions):
+    """Instruction / chat fine-tuning and continued pre-training: no options of its own (the loss
+    mask comes from data.train_on and the template)."""
+
+    name: Literal["sft"] = "sft"
+
+
+@register_task("sft")
 class SftTask(Task):
+    Options = SftOptions
+    examples = (Chat, Document)
     metric_for_summary = "loss"
-    metrics = ("loss", "perplexity")
+    metrics = {"loss": "min", "perplexity": "min"}
+    can_distill = True
 
     def encode(self, batch):
         examples = from_batch(batch)
-        if examples and examples[0]["text"]:
+        if examples and family_of(examples[0]) is Document:
             return self.encode_documents([ex["text"] for ex in examples])
         conversations = [self._targets(self.renderer.render(ex)) for ex in examples]
         out = {"input_ids": [], "labels": [], "truncated": []}

@@ -4,14 +4,17 @@ over the tags (task.crf). Metrics: entity-level precision / recall / F1 (seqeval
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from lmtune.data.formats import from_batch
+from lmtune.data.examples import TaggedWords, from_batch
 from lmtune.data.tokenize import IGNORE
 from lmtune.model.load import labelled_head
-from lmtune.tasks import TASKS
-from lmtune.tasks.base import MODEL_INPUTS, Task
+from lmtune.tasks.base import MODEL_INPUTS, Task, TaskOptions, register_task
+from lmtune.tasks.seq_cls import CLASS_WEIGHTS_HELP, ClassWeights, balanced_weights, check_class_weights
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
@@ -60,11 +63,33 @@ def labelled(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return emissions, tags, mask
 
 
-@TASKS.register("token_cls")
+class TokenClsOptions(TaskOptions):
+    """A tag per word (NER), with an optional CRF over the tags."""
+
+    name: Literal["token_cls"] = "token_cls"
+    class_weights: ClassWeights = Field(None, description=CLASS_WEIGHTS_HELP)
+    crf: bool = Field(False, description="a CRF layer over the tags (pytorch-crf), decoded with Viterbi")
+
+
+@register_task("token_cls")
 class TokenClsTask(Task):
+    Options = TokenClsOptions
+    examples = (TaggedWords,)
     metric_for_summary = "f1"
-    metrics = ("f1", "precision", "recall", "accuracy", "loss")
+    metrics = {"f1": "max", "precision": "max", "recall": "max", "accuracy": "max", "loss": "min"}
     generates = False
+    labels_name = "tag"
+    can_pack = False
+    head_modules = ("score", "classifier")
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        check_class_weights(cfg)
+
+    @property
+    def extra_layers(self):
+        return ("crf",) if self.cfg.task.crf else ()
 
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)
@@ -99,8 +124,7 @@ class TokenClsTask(Task):
             for tag in labels:
                 if tag != IGNORE:
                     counts[tag] += 1
-        total = counts.sum()
-        self.weights = torch.where(counts > 0, total / (len(self.tags) * counts.clamp(min=1)), 0.0)
+        self.weights = balanced_weights(counts)
 
     def emissions(self, model, inputs) -> torch.Tensor:
         kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from lmtune.run_dir import RunDir
+
 
 class JsonlLogger(TrainerCallback):
-    """Appends every log (loss, learning rate, eval metrics) to log.jsonl, flushed at once."""
+    """Appends every log (loss, learning rate, eval metrics) to the run's log.jsonl, flushed at once."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, run: RunDir):
+        self.run = run
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": state.epoch, **logs}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def truncate_log(path: Path, last_step: int) -> None:
-    """On resume: drop the records an interrupted run wrote after its checkpoint (they are redone)."""
-    if not path.is_file():
-        return
-    from lmtune.outputs import write_text_atomic
-
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+        self.run.append_log({"step": state.global_step, "epoch": state.epoch, **logs})
 
 
 class Progress(ProgressCallback):

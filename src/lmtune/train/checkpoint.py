@@ -15,9 +15,14 @@ import re
 import shutil
 from pathlib import Path
 
+from lmtune.atomic import fsync_dir, fsync_tree
 from lmtune.errors import ConfigError
+from lmtune.run_dir import check_weights_dir
 
 STAGING = ".staging"
+# The resolved config of the run that wrote a checkpoint, saved inside it: resume compares it with
+# the config it is given, so a checkpoint of another run is never continued by mistake.
+CHECKPOINT_CONFIG = "lmtune-config.yaml"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What the Trainer needs to resume; present in every checkpoint it writes.
 REQUIRED = ("trainer_state.json",)
@@ -40,33 +45,23 @@ def checkpoint_step(path: Path) -> int:
 
 
 def resume_checkpoint(checkpoints_dir: Path, resume: str) -> Path:
-    """`--resume` (the newest complete checkpoint) or `--resume PATH` (that one), checked."""
+    """`--resume` (the newest complete checkpoint) or `--resume PATH` (that one), its weights
+    checked whole before the Trainer reads them."""
     if resume == "latest":
         found = latest_checkpoint(checkpoints_dir)
         if found is None:
             raise ConfigError(f"--resume: no complete checkpoint in {checkpoints_dir}; "
                               "train without --resume, or set train.save_steps to write checkpoints")
-        return found
-    path = Path(resume)
-    if not is_complete(path):
-        raise ConfigError(f"--resume {path}: not a complete checkpoint directory (checkpoint-N with trainer_state.json)")
+        path = found
+    else:
+        path = Path(resume)
+        if not is_complete(path):
+            raise ConfigError(f"--resume {path}: not a complete checkpoint directory (checkpoint-N with trainer_state.json)")
+    older = sorted((p for p in path.parent.iterdir() if is_complete(p) and checkpoint_step(p) < checkpoint_step(path)),
+                   key=checkpoint_step)
+    remedy = f"resume from an older one: --resume {older[-1]}" if older else "train again without --resume"
+    check_weights_dir(path, remedy)
     return path
-
-
-def fsync_tree(path: Path) -> None:
-    """Flush every file (and the directory entries) to disk before the rename publishes them."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def publish(staged: Path, final: Path) -> None:
@@ -77,11 +72,7 @@ def publish(staged: Path, final: Path) -> None:
     os.replace(staged, final)
     with contextlib.suppress(OSError):  # the staging directory is left only while a save is under way
         staged.parent.rmdir()
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
 
 
 def retire(checkpoint: Path) -> None:

@@ -9,17 +9,15 @@ parameter names, so checkpoints, adapters and merges see the model they would se
 from __future__ import annotations
 
 from lmtune.errors import ConfigError
+from lmtune.model.blocks import named_blocks
 
 
 def compile_blocks(model) -> int:
     """Compile every transformer block of `model` in place; returns how many."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # transformers names its repeated block classes here (LlamaDecoderLayer, GPT2Block, BertLayer ...).
-    kinds = set(getattr(base, "_no_split_modules", None) or ())
-    blocks = [m for m in base.modules() if type(m).__name__ in kinds]
-    if not blocks:
-        raise ConfigError(f"train.compile: no transformer blocks found in {type(base).__name__} "
-                          "(it names none in _no_split_modules); set train.compile=false")
+    try:
+        blocks = named_blocks(model)[1]
+    except LookupError as e:
+        raise ConfigError(f"train.compile: no transformer blocks found in {e}; set train.compile=false") from None
     for block in blocks:
         block.compile()
     return len(blocks)

@@ -1,56 +1,59 @@
-"""Ctrl-C / SIGTERM during training: finish the current step, save a checkpoint, stop cleanly.
-
-A second Ctrl-C stops at once (the default behaviour comes back after the first signal).
-"""
+"""Stopping a run cleanly from outside: whoever holds the run's StopRequest (the command line on
+Ctrl-C / SIGTERM, a web page's Stop button, a notebook) asks it to stop; at the next step end the
+Trainer saves a checkpoint and training ends, and train() raises RunInterrupted."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
+import threading
+from typing import Optional
 
 from transformers import TrainerCallback
 
 from lmtune.errors import LmtuneError
 
 
-class TrainingInterrupted(LmtuneError):
-    """The run stopped on a signal after saving a checkpoint; the message says how to resume."""
+class RunInterrupted(LmtuneError):
+    """The run stopped on request after saving a checkpoint."""
 
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum  # what a shell reports for a process ended by that signal
+    def __init__(self, reason: str, step: int, checkpoint):
+        super().__init__(f"stopped by {reason} at step {step}; checkpoint saved to {checkpoint}")
+        self.reason, self.step, self.checkpoint = reason, step, checkpoint
 
 
-class StopOnSignal(TrainerCallback):
-    """Records SIGINT/SIGTERM while installed; at the next step end asks the Trainer to save and stop."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+class StopRequest:
+    """A thread-safe flag with the reason it was raised (a signal name, "the web UI" ...)."""
 
     def __init__(self):
-        self.signum: int | None = None
+        self._event = threading.Event()
+        self.reason: Optional[str] = None
+        # True while the Trainer runs steps: only then can a request be honoured with a checkpoint.
+        # Before (loading) and after (final evaluation, saving) a signal handler stops at once instead.
+        self.armed = False
 
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        for s in self.SIGNALS:  # a second signal is not deferred
-            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
-        for s in self.SIGNALS:
-            signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    def request(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
 
     @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+
+class StopCallback(TrainerCallback):
+    """At the step end after a stop request: save a checkpoint and end training."""
+
+    def __init__(self, stop: StopRequest):
+        self.stop = stop
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.stop.armed = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stop.armed = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signum is not None:
+        if self.stop.requested:
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from lmtune.atomic import write_text_atomic
 from lmtune.errors import LmtuneError
 from lmtune.train.checkpoint import STAGING, latest_checkpoint, publish, rotate
 
@@ -21,8 +22,10 @@ class LmtuneTrainer(Trainer):
     # accumulated batch, so the Trainer must not divide it by the accumulation steps again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, task, precision: str, on_nan: str = "stop", **kwargs):
+    def __init__(self, *args, task, precision: str, on_nan: str = "stop", checkpoint_files: dict[str, str] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.checkpoint_files = checkpoint_files or {}  # name -> text written into every checkpoint
         self.task = task
         self.precision = precision
         self.on_nan = on_nan
@@ -79,6 +82,8 @@ class LmtuneTrainer(Trainer):
             self._staging = False
         self.accelerator.wait_for_everyone()  # every process has written its RNG state
         if self.args.should_save:
+            for file_name, text in self.checkpoint_files.items():
+                write_text_atomic(staged / file_name, text)
             if self.state.best_model_checkpoint == str(staged):  # this step is the best so far
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staged / "trainer_state.json"))

@@ -9,38 +9,10 @@ dtype by default; it must share the student's tokenizer, since the two are compa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from lmtune import hardware
-from lmtune.config import Config, ModelConfig
 from lmtune.errors import ConfigError
-
-
-def load_teacher(cfg: Config, task, student_tokenizer, precision: str):
-    """The teacher model in eval mode on the device: an lmtune run directory, or a model name."""
-    from lmtune.model.load import load_model, load_tokenizer, resolve_model_path
-
-    d = cfg.distill
-    dtype = hardware.DTYPES[d.teacher_dtype if d.teacher_dtype != "auto" else precision]
-    run = Path(d.teacher)
-    is_run = (run / "config.yaml").is_file()
-    model_cfg = ModelConfig(name=d.teacher)
-    path = next((str(run / s) for s in ("model", "adapter") if (run / s).is_dir()), d.teacher) if is_run else resolve_model_path(model_cfg)
-    # The tokenizers are compared before the teacher's weights are loaded.
-    if load_tokenizer(path, model_cfg).get_vocab() != student_tokenizer.get_vocab():
-        raise ConfigError(f"distill.teacher: {d.teacher} has another tokenizer than the student ({cfg.model.name}); "
-                          "distillation compares their outputs token by token, so both must use the same one")
-    if is_run:
-        from lmtune.run_dir import load_run
-
-        teacher = load_run(d.teacher, dtype=dtype)[1]
-    else:
-        teacher = load_model(path, model_cfg, dtype, spec=type(task).spec(cfg)).to(hardware.device())
-    teacher.eval().requires_grad_(False)
-    return teacher
 
 
 class DistilledTask:

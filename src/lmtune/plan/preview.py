@@ -8,22 +8,22 @@ from rich.table import Table
 from rich.text import Text
 
 from lmtune.config import Config
-from lmtune.data.dataset import read_splits, tokenize_split
-from lmtune.data.templates import Renderer
+from lmtune.data.dataset import read_splits
+from lmtune.data.examples import Chat
+from lmtune.data.formats import FORMATS
 from lmtune.data.tokenize import IGNORE, count_targets, labels_per_token
-from lmtune.model.load import load_tokenizer, resolve_model_path
+from lmtune.loading import load_tokenizer_of, make_task
 from lmtune.report import console as report_console
-from lmtune.tasks import TASKS
+from lmtune.train.prepare import tokenize_splits
 
 
 def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
     """Tokenise the splits with the run's tokenizer (no model weights are loaded) and show them."""
     console = console or report_console
-    tokenizer = load_tokenizer(resolve_model_path(cfg.model), cfg.model)
-    task = TASKS.get(cfg.task.name)(cfg, tokenizer, Renderer(tokenizer, cfg.data.template))
-    data_cfg = cfg.data.model_copy(update={"streaming": False})
-    tokenized = {name: tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
-                 for name, split in read_splits(data_cfg, cfg.train.seed).items()}
+    tokenizer = load_tokenizer_of(cfg)
+    task = make_task(cfg, tokenizer)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"streaming": False})})  # the first rows, in full
+    tokenized = tokenize_splits(cfg, read_splits(cfg.data, cfg.train.seed), tokenizer, task)
 
     table = Table(title=f"data ({task.renderer.mode} template, max_length {cfg.data.max_length})")
     for col in ("split", "source", "rows", "skipped", "truncated", "tokens", "target tokens", "length min / mean / max"):
@@ -40,7 +40,7 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
     console.print(table)
 
     train_ds = tokenized["train"][0]
-    for warning in mask_warnings(tokenizer, labels_per_token(train_ds["labels"]), cfg.data.format,
+    for warning in mask_warnings(tokenizer, labels_per_token(train_ds["labels"]), FORMATS.get(cfg.data.format).family is Chat,
                                  summary["train"]["rows_without_target"]):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print("[bold]trained-on tokens[/] are [black on green]highlighted[/]; the rest only conditions the model.")
@@ -68,13 +68,12 @@ def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:
     return text
 
 
-def mask_warnings(tokenizer, labels_per_row: list[list[int]], data_format: str, rows_without_target: int) -> list[str]:
+def mask_warnings(tokenizer, labels_per_row: list[list[int]], chat_like: bool, rows_without_target: int) -> list[str]:
     """Mistakes that a healthy loss curve hides."""
     warnings = []
     if rows_without_target:
         warnings.append(f"{rows_without_target} training rows have no target token at all: they train nothing")
     eos = tokenizer.eos_token_id
-    chat_like = data_format in ("instruction", "messages", "sharegpt", "completion")
     if chat_like and eos is not None and not any(eos in [l for l in labels if l != IGNORE] for labels in labels_per_row):
         warnings.append(f"the end-of-turn token {tokenizer.eos_token!r} is never a target: the model will not learn to stop")
     return warnings

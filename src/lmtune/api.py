@@ -1,0 +1,151 @@
+"""lmtune's Python API: the calls the command line makes, for notebooks and other programs.
+
+    import lmtune
+
+    cfg = lmtune.load_config("configs/sentiment_lora.yaml", ["train.lr=1e-4", "data.max_samples=500"])
+    result = lmtune.train(cfg)                    # prints as `lmtune train` does; reporters=[] for silence
+    run = lmtune.open_run(result.out)             # status(), metrics(), log(), events(), config()
+    lmtune.evaluate(run)                          # the task's metrics on the validation split
+    lmtune.generate(run, "a gorgeous, witty film")
+    lmtune.runs("runs")                           # every run under a directory, one summary each
+
+Every function takes a run directory as a path or a RunDir. Errors a user can cause are
+lmtune.errors.LmtuneError (ConfigError, DataError) with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lmtune.config import Config
+from lmtune.config import load_config as _load_config
+from lmtune.run_dir import RunDir
+from lmtune.train.interrupt import RunInterrupted, StopRequest  # noqa: F401  (part of the API)
+from lmtune.train.run import RunResult
+from lmtune.train.run import train as _train
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """A YAML config (or the defaults) with `key.sub=value` overrides, checked."""
+    return _load_config(path, list(overrides))
+
+
+def train(config: Config | str | Path, overrides: Sequence[str] = (), resume: Optional[str] = None,
+          reporters: Optional[list] = None, stop: Optional[StopRequest] = None) -> RunResult:
+    """Train a run. `config`: a Config, or a YAML path with `overrides`. `resume`: "latest" or a
+    checkpoint. `reporters`: objects with emit(event) that get every event (default: the console).
+    `stop`: a StopRequest another thread may raise; the run then saves and raises RunInterrupted."""
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    return _train(cfg, resume=resume, reporters=reporters, stop=stop)
+
+
+def open_run(path: str | Path) -> RunDir:
+    """An existing run directory: its status, config, metrics, log and events."""
+    return RunDir.open(path)
+
+
+def runs(directory: str | Path = "runs") -> list[dict]:
+    """One summary per run directory under `directory` (state, task, method, model, metrics), newest first."""
+    root = Path(directory)
+    found = [RunDir(p) for p in sorted(root.iterdir()) if (p / RunDir.CONFIG).is_file()] if root.is_dir() else []
+    return sorted((r.summary() for r in found), key=lambda s: s["updated"] or 0, reverse=True)
+
+
+def evaluate(run: str | Path | RunDir, data: Optional[str] = None, generations: Optional[str] = None,
+             max_generations: int = 50, max_new_tokens: int = 256) -> dict:
+    """The task's metrics on the run's validation split or on `data`; for SFT, generations too."""
+    from lmtune.eval.evaluate import evaluate_run
+
+    return evaluate_run(run, data, generations, max_generations, max_new_tokens)
+
+
+def generate(run: str | Path | RunDir, prompt: str | list[str], system: Optional[str] = None, **sampling) -> str | list[str]:
+    """Answers to one prompt or a list of prompts, rendered as in training. `sampling`: the fields
+    of lmtune.infer.engine.SamplingParams (max_new_tokens, temperature, top_p, top_k, seed ...)."""
+    from lmtune.infer.engine import SamplingParams
+    from lmtune.infer.generate import chat_messages
+    from lmtune.infer.load import load_engine
+
+    cfg, engine = load_engine(run)
+    system = system if system is not None else cfg.data.system_prompt
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    answers = engine.answer_all([chat_messages(p, system) for p in prompts], SamplingParams(**sampling))
+    return answers[0] if isinstance(prompt, str) else answers
+
+
+def generate_file(run: str | Path | RunDir, input_path: str | Path, output_path: str | Path, system: Optional[str] = None,
+                  batch_size: int = 8, **sampling) -> int:
+    """Answers for every row of a JSONL file of {"prompt": ...} or {"messages": [...]}, batched by
+    length, written in input order; returns how many."""
+    from lmtune.infer.engine import SamplingParams
+    from lmtune.infer.generate import generate_file as _generate_file
+    from lmtune.infer.load import load_engine
+
+    cfg, engine = load_engine(run)
+    system = system if system is not None else cfg.data.system_prompt
+    return _generate_file(engine, str(input_path), str(output_path), SamplingParams(**sampling), system, batch_size)
+
+
+def chat(run: str | Path | RunDir, system: Optional[str] = None, **sampling) -> None:
+    """An interactive chat on the terminal (stdin / stdout), streamed."""
+    from lmtune.infer.chat import chat as _chat
+    from lmtune.infer.engine import SamplingParams
+    from lmtune.infer.load import load_engine
+
+    cfg, engine = load_engine(run)
+    _chat(engine, SamplingParams(**sampling), system if system is not None else cfg.data.system_prompt)
+
+
+def merge(run: str | Path | RunDir, out_dir: str | Path, dtype: str = "fp32") -> dict:
+    """Fold a LoRA / DoRA / IA3 / QLoRA adapter into the base weights; writes a plain model."""
+    from lmtune.export.merge import merge_run
+
+    return merge_run(run, out_dir, dtype)
+
+
+def export(run: str | Path | RunDir, out_dir: str | Path, dtype: str = "fp32") -> Path:
+    """A self-contained model folder (adapters merged) with a model card."""
+    from lmtune.export.export import export_run
+
+    return export_run(run, out_dir, dtype)
+
+
+def plan(config: Config | str | Path, overrides: Sequence[str] = (), compare: bool = False,
+         throughput: Optional[float] = None) -> list:
+    """Memory and time a run will need, before it starts (prints the table; returns the plans)."""
+    from lmtune.plan.command import plan as _plan
+
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    return _plan(cfg, compare=compare, throughput=throughput)
+
+
+def preview_data(config: Config | str | Path, overrides: Sequence[str] = (), rows: int = 3) -> dict:
+    """Counts, lengths and the first rows with their loss mask (prints them; returns the counts)."""
+    from lmtune.plan.preview import preview
+
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    return preview(cfg, rows=rows)
+
+
+def plot(runs: Sequence[str | Path | RunDir], output: str | Path) -> Path:
+    """One chart of the loss and validation metrics of one or more runs."""
+    from lmtune.plot import plot_runs
+
+    opened = [r if isinstance(r, RunDir) else RunDir(r) for r in runs]
+    return plot_runs([(r.path.name, r.log()) for r in opened], Path(output))
+
+
+def serve_app(runs: Sequence[str | Path], base: Optional[str] = None, api_key: Optional[str] = None):
+    """A FastAPI app with the OpenAI-compatible routes over these runs (and a base model)."""
+    from lmtune.infer.load import load_engines
+    from lmtune.infer.serve import build_app
+
+    return build_app(load_engines([str(r) for r in runs], base), api_key)
+
+
+def describe_config(section: Optional[str] = None) -> str:
+    """Every config key with its type, default and meaning (one section, or all)."""
+    from lmtune.config_help import describe
+
+    return describe(section)

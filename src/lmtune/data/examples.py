@@ -1,0 +1,78 @@
+"""The typed examples that row formats produce, one TypedDict per family of formats. A task says
+which families it takes (Task.examples); a format says which family it makes (data/formats.py).
+Every example of a split is of one family, so a datasets.Dataset holds them as columns: the keys
+of the family, lists stored as JSON text (tool calls with arbitrary arguments would not fit one
+Arrow schema). They are plain dicts at run time: JSON-serialisable, cheap, and typed for readers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict
+
+
+class Chat(TypedDict):
+    """A conversation (instruction, messages, sharegpt), or raw prompt / answer pieces that bypass
+    the chat template (completion): [text, is_target] segments."""
+
+    messages: list[dict]
+    segments: list[list]
+
+
+class Document(TypedDict):
+    """Raw text for continued pre-training: the loss is on every token."""
+
+    text: str
+
+
+class LabelledText(TypedDict):
+    """A text (and an optional second text of a pair, "" when none) with a class index. `messages`
+    is the text as a chat prompt (data.prompt, data.system_prompt) for classification by label words."""
+
+    text: str
+    pair: str
+    label: int
+    messages: list[dict]
+
+
+class ScoredText(TypedDict):
+    """A text (and an optional second text) with a number to predict."""
+
+    text: str
+    pair: str
+    label: float
+
+
+class TaggedWords(TypedDict):
+    """Words and a tag index for each (token classification)."""
+
+    words: list[str]
+    tags: list[int]
+
+
+# Every family; a new one is a TypedDict above and its name here.
+FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords)
+JSON_FIELDS = ("messages", "segments", "words", "tags")  # stored as JSON text in a datasets row
+
+
+def columns(family: type) -> list[str]:
+    return list(family.__annotations__)
+
+
+def family_of(keys) -> type:
+    """The family whose keys are exactly these (an example, a row or a batch's columns)."""
+    wanted = set(keys)
+    for family in FAMILIES:
+        if set(columns(family)) == wanted:
+            return family
+    raise ValueError(f"no example family has the keys {sorted(wanted)}")
+
+
+def to_row(example: dict[str, Any]) -> dict[str, Any]:
+    """Storage form for a datasets.Dataset."""
+    return {k: json.dumps(v) if k in JSON_FIELDS else v for k, v in example.items()}
+
+
+def from_batch(batch: dict[str, list]) -> list[dict[str, Any]]:
+    """The examples of a batched datasets.map call over rows made by to_row."""
+    keys = list(batch)
+    return [{k: json.loads(v) if k in JSON_FIELDS else v for k, v in zip(keys, values)} for values in zip(*batch.values())]

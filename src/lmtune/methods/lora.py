@@ -1,0 +1,65 @@
+"""LoRA (low-rank adapters on the linear layers) and DoRA (weight-decomposed LoRA). QLoRA, LoRA on
+a 4-bit base, is in qlora.py and shares these options."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field
+
+from lmtune.methods import Method, PlanFacts, register_method
+from lmtune.methods.peft_common import check_target_modules, lora_targets, task_type_of, wrap
+from lmtune.sections import Section
+
+
+class LoraMethod(Section):
+    """LoRA, DoRA (weight-decomposed) and QLoRA (LoRA on a 4-bit NF4 base)."""
+
+    name: Literal["lora", "dora", "qlora"] = "lora"
+    r: int = Field(8, gt=0, description="rank of the adapter matrices")
+    alpha: float = Field(16, gt=0, description="scaling: the update is alpha / r x B A")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: Union[str, list[str]] = Field("all-linear", description="'all-linear' or module names")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r)")
+    lora_plus_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: the B matrices learn this many times faster")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
+    double_quant: bool = Field(True, description="qlora: quantise the quantisation constants too")
+
+
+def lora_config(options, use_dora: bool, task_type: str, target_modules=None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=target_modules or options.target_modules,
+        use_rslora=options.use_rslora,
+        use_dora=use_dora,
+        task_type=task_type,
+    )
+
+
+def apply_lora(model, options, tokenizer, added, use_dora: bool = False):
+    check_target_modules(model, options.target_modules)
+    targets = lora_targets(model, options.target_modules, added.heads)
+    return wrap(model, lora_config(options, use_dora, task_type_of(model), targets), added)
+
+
+def apply_dora(model, options, tokenizer, added):
+    return apply_lora(model, options, tokenizer, added, use_dora=True)
+
+
+def check_lora(cfg) -> None:
+    if cfg.method.lora_plus_ratio and cfg.train.optimizer != "adamw":
+        raise ValueError("method.lora_plus_ratio builds its own AdamW; leave train.optimizer at adamw")
+
+
+# LoRA keeps more activations than full fine-tuning: each adapted layer holds its input again in
+# fp32 for the adapter, and a dropout mask when dropout > 0 (docs/planner.md).
+LORA_PLAN = PlanFacts(activation_units=15.4, dropout_units=5.2, adapts_blocks=True, lighter="qlora")
+
+register_method(Method("lora", LoraMethod, apply_lora, freezes_base=True, mergeable=True, shareable=True,
+                       check=check_lora, plan=LORA_PLAN))
+register_method(Method("dora", LoraMethod, apply_dora, freezes_base=True, mergeable=True, shareable=True,
+                       check=check_lora, plan=LORA_PLAN))
