@@ -34,7 +34,7 @@ def one(variant: str, workload: str, rounds: int) -> None:
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod, ModelConfig
-    from lmtune.train.prepare import apply_method
+    from lmtune.training.prepare import apply_method
     from lmtune.model.load import resolve_model_path
 
     batch, lengths, attention = WORKLOADS[workload]

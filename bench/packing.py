@@ -16,7 +16,7 @@ from pathlib import Path
 import lmtune.loading as loading_module
 from lmtune.config import load_config
 from lmtune.model.packed_attention import use_packed_attention
-from lmtune.train.run import train
+from lmtune.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

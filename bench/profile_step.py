@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-import lmtune.train.fit as fit_module
-import lmtune.train.run as run_module
+import lmtune.training.fit as fit_module
+import lmtune.training.run as run_module
 from lmtune.config import load_config
 from lmtune.tasks.base import Task
 

@@ -24,7 +24,7 @@ def one(threads: int) -> None:
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod, ModelConfig
-    from lmtune.train.prepare import apply_method
+    from lmtune.training.prepare import apply_method
     from lmtune.model.load import resolve_model_path
 
     torch.set_num_threads(threads)

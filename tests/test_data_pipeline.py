@@ -236,7 +236,7 @@ def test_bf16_base_weights_train_like_fp32_weights_under_autocast(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod
-    from lmtune.train.prepare import apply_method
+    from lmtune.training.prepare import apply_method
 
     rows = [{"input_ids": list(range(10, 30)), "labels": [IGNORE] * 12 + list(range(22, 30))},
             {"input_ids": list(range(40, 52)), "labels": [IGNORE] * 5 + list(range(45, 52))}]
@@ -277,7 +277,7 @@ def test_data_command_shows_counts_and_the_mask(tmp_path, tiny_llama, capsys):
 
 
 def test_streaming_trains_from_a_lazily_read_file(tmp_path, tiny_llama):
-    from lmtune.train.run import train
+    from lmtune.training.run import train
 
     path = write_jsonl(tmp_path / "d.jsonl", _instructions(40))
     cfg = load_config(None, [f"model.name={tiny_llama}", f"data.train={path}", "data.streaming=true",
@@ -290,7 +290,7 @@ def test_streaming_trains_from_a_lazily_read_file(tmp_path, tiny_llama):
 
 
 def test_packing_trains(tmp_path, tiny_gpt2):
-    from lmtune.train.run import train
+    from lmtune.training.run import train
 
     path = write_jsonl(tmp_path / "d.jsonl", _instructions(24))
     cfg = load_config(None, [f"model.name={tiny_gpt2}", f"data.train={path}", "data.val_size=4", "data.packing=true",

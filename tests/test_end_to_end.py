@@ -8,7 +8,7 @@ import torch
 from lmtune.cli import main
 from lmtune.config import load_config
 from lmtune.loading import load_for_inference
-from lmtune.train.run import train
+from lmtune.training.run import train
 
 from conftest import ALPACA, DATA, FAST, SENTIMENT, write_jsonl
 

@@ -13,7 +13,7 @@ from lmtune.config import load_config
 from lmtune.infer.chat import chat
 from lmtune.infer.engine import SamplingParams
 from lmtune.infer.load import load_engine, load_engines
-from lmtune.train.run import train
+from lmtune.training.run import train
 
 from conftest import DATA, write_jsonl
 

@@ -14,7 +14,7 @@ from lmtune.infer.generate import generate
 from lmtune.loading import load_for_inference, quantization
 from lmtune.model.load import load_model_and_tokenizer
 from lmtune.run_dir import RunDir
-from lmtune.train.prepare import prepare
+from lmtune.training.prepare import prepare
 
 from conftest import DATA
 
@@ -204,8 +204,8 @@ def test_qlora_layers_still_pass_gradients_after_an_evaluation(tiny_llama):
 
 
 def test_rslora_scaling_and_lora_plus_learning_rates(tmp_path, tiny_llama):
-    from lmtune.train.arguments import lora_plus_optimizer
-    from lmtune.train.run import train
+    from lmtune.training.arguments import lora_plus_optimizer
+    from lmtune.training.run import train
 
     cfg, model, _, _, _ = build(tiny_llama, "lora", "sft", ["method.use_rslora=true", "method.alpha=8", "method.lora_plus_ratio=16"])
     layer = model.base_model.model.model.layers[0].self_attn.q_proj

@@ -20,9 +20,9 @@ from lmtune.cli import main
 from lmtune.config import load_config
 from lmtune.errors import ConfigError
 from lmtune.tasks.base import Task
-from lmtune.train.checkpoint import CHECKPOINT, STAGING, is_complete, latest_checkpoint, rotate
-from lmtune.train.run import train
-from lmtune.train.trainer import NonFiniteLoss
+from lmtune.training.checkpoint import CHECKPOINT, STAGING, is_complete, latest_checkpoint, rotate
+from lmtune.training.run import train
+from lmtune.training.trainer import NonFiniteLoss
 
 from conftest import SENTIMENT
 

@@ -11,8 +11,9 @@ that `import lmtune` stays cheap:
 
 from lmtune.version import __version__  # noqa: F401
 
-API = ("load_config", "train", "open_run", "runs", "evaluate", "generate", "generate_file", "chat", "merge", "export",
-       "plan", "preview_data", "plot", "serve_app", "describe_config", "StopRequest", "RunInterrupted")
+# Every call of lmtune/api.py but `plan` and `export`, whose names are lmtune's subpackages (use lmtune.api.plan).
+API = ("load_config", "train", "open_run", "runs", "evaluate", "generate", "generate_file", "chat", "merge",
+       "preview_data", "plot", "serve_app", "describe_config", "StopRequest", "RunInterrupted")
 
 
 def __getattr__(name: str):

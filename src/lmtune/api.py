@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 from lmtune.config import Config
 from lmtune.config import load_config as _load_config
 from lmtune.run_dir import RunDir
-from lmtune.train.interrupt import RunInterrupted, StopRequest  # noqa: F401  (part of the API)
-from lmtune.train.run import RunResult
-from lmtune.train.run import train as _train
+from lmtune.training.interrupt import RunInterrupted, StopRequest  # noqa: F401  (part of the API)
+from lmtune.training.run import RunResult
+from lmtune.training.run import train as _train
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -8,6 +8,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmtune.optimizers import OPTIMIZERS
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -86,7 +88,7 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(32, gt=0)
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(2e-4, gt=0)
-    optimizer: Literal["adamw", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "rprop", "adafactor", "adamw_8bit"] = "adamw"
+    optimizer: Literal[tuple(OPTIMIZERS)] = Field("adamw", description="the optimizer (optimizers.py)")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_epsilon: float = Field(1e-8, gt=0)

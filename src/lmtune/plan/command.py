@@ -116,7 +116,7 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
     from lmtune.data.tokenize import count_targets
     from lmtune.loading import make_task
     from lmtune.plan.batching import padded_length
-    from lmtune.train.prepare import read_data, tokenize_splits
+    from lmtune.training.prepare import read_data, tokenize_splits
 
     splits = {"train": read_data(cfg)["train"]}  # as `lmtune train` reads and tokenises it
     ds, info = tokenize_splits(cfg, splits, tokenizer, make_task(cfg, tokenizer))["train"]

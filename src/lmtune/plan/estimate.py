@@ -7,13 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmtune.methods import METHODS
+from lmtune.optimizers import OPTIMIZERS
 from lmtune.plan.shape import ModelShape
 
 GB = 1024**3
 
-# Bytes of optimizer state per trained parameter.
-OPTIMIZER_STATE = {"adamw": 8, "adam": 8, "sgd": 0, "adagrad": 4, "adadelta": 8, "rmsprop": 4, "rprop": 8,
-                   "adafactor": 0.5, "adamw_8bit": 2}
 # 4-bit NF4 weights: half a byte, plus one absmax per 64 weights (fp32, or 8-bit with double quantisation).
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 # Activation bytes kept for the backward pass, per token and per transformer block, are each
@@ -85,7 +83,7 @@ def memory(shape: ModelShape, method: str, trainable: int, batch: Batch, *, prec
     return Memory(
         weights=weight_bytes(shape, method, trainable, precision, double_quant),
         gradients=trainable * 4,
-        optimizer=trainable * OPTIMIZER_STATE.get(optimizer, 8),
+        optimizer=trainable * OPTIMIZERS[optimizer].state_bytes,
         activations=activation_bytes(shape, method, batch, attention, checkpointing, lora_dropout),
         logits=batch.size * batch.targets * shape.vocab * LOGIT_BYTES,  # the LM head runs at targets only
         overhead=PROCESS_OVERHEAD["cuda" if device == "cuda" else "cpu"],

@@ -14,7 +14,7 @@ from lmtune.data.formats import FORMATS
 from lmtune.data.tokenize import IGNORE, count_targets, labels_per_token
 from lmtune.loading import load_tokenizer_of, make_task
 from lmtune.report import console as report_console
-from lmtune.train.prepare import tokenize_splits
+from lmtune.training.prepare import tokenize_splits
 
 
 def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:

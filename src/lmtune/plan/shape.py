@@ -79,7 +79,7 @@ def meta_buildable(method_cfg):
 
 def trainable_params(config, method_cfg, tokenizer=None) -> int:
     """Parameters the method trains: the method applied to a meta-device model, as `lmtune train` applies it."""
-    from lmtune.train.prepare import apply_method
+    from lmtune.training.prepare import apply_method
 
     model = apply_method(meta_buildable(method_cfg), meta_model(config), tokenizer)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -90,7 +90,7 @@ def _model(config, cfg, dtype: torch.dtype, tokenizer, blocks_only: bool):
     from transformers import AutoModelForCausalLM
 
     from lmtune.methods import METHODS
-    from lmtune.train.prepare import apply_method
+    from lmtune.training.prepare import apply_method
 
     method = METHODS.get(cfg.method.name)
     torch.manual_seed(0)

@@ -67,7 +67,7 @@ class ConsoleReporter:
         self.quiet = quiet
 
     def trainer_callbacks(self) -> list:
-        from lmtune.train.callbacks import Progress
+        from lmtune.training.callbacks import Progress
 
         return [] if self.quiet else [Progress()]
 
@@ -131,7 +131,7 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            from lmtune.train.checkpoint import latest_checkpoint
+            from lmtune.training.checkpoint import latest_checkpoint
             from pathlib import Path
 
             saved = latest_checkpoint(Path(args.output_dir))

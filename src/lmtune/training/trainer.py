@@ -10,7 +10,7 @@ from transformers import Trainer
 
 from lmtune.atomic import write_text_atomic
 from lmtune.errors import LmtuneError
-from lmtune.train.checkpoint import STAGING, latest_checkpoint, publish, rotate
+from lmtune.training.checkpoint import STAGING, latest_checkpoint, publish, rotate
 
 
 class NonFiniteLoss(LmtuneError):

@@ -11,11 +11,11 @@ from typing import Optional
 from lmtune.data.tokenize import TRUNCATED
 from lmtune.errors import ConfigError
 from lmtune.run_dir import RunDir
-from lmtune.train.arguments import optimizer_arguments
-from lmtune.train.callbacks import JsonlLogger
-from lmtune.train.interrupt import StopCallback, StopRequest
-from lmtune.train.prepare import Prepared
-from lmtune.train.reporters import EventCallback, Reporters
+from lmtune.training.arguments import optimizer_arguments
+from lmtune.training.callbacks import JsonlLogger
+from lmtune.training.interrupt import StopCallback, StopRequest
+from lmtune.training.prepare import Prepared
+from lmtune.training.reporters import EventCallback, Reporters
 
 
 @dataclass
@@ -45,7 +45,7 @@ def fit(prep: Prepared, run: RunDir, args, reporter: Reporters, stop: StopReques
         main: bool, checkpoint_files: dict[str, str]) -> Fitted:
     from transformers.trainer_callback import ProgressCallback
 
-    from lmtune.train.trainer import LmtuneTrainer
+    from lmtune.training.trainer import LmtuneTrainer
 
     cfg = prep.cfg
     if cfg.train.on_nan == "skip" and args.world_size > 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from lmtune.config import Config
-from lmtune.train.optimizers import optimizer_cls_and_kwargs
+from lmtune.optimizers import optimizer_cls_and_kwargs
 
 # Metrics where a smaller value is the better model (the rest: larger is better).
 LOWER_IS_BETTER = ("loss", "perplexity", "rmse", "mse", "mae")
@@ -76,7 +76,7 @@ def optimizer_arguments(model, cfg: Config) -> dict:
     lora_plus = lora_plus_optimizer(model, cfg)
     if lora_plus is not None:
         return {"optimizers": (lora_plus, None)}
-    return {"optimizer_cls_and_kwargs": optimizer_cls_and_kwargs(cfg)}
+    return {"optimizer_cls_and_kwargs": optimizer_cls_and_kwargs(cfg.train)}
 
 
 def lora_plus_optimizer(model, cfg: Config):

@@ -27,12 +27,12 @@ from lmtune.errors import ConfigError, LmtuneError
 from lmtune.model.precision import resolve_precision
 from lmtune.plot import plot_runs
 from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RUNNING, RunDir
-from lmtune.train.arguments import best_metric, training_arguments
-from lmtune.train.checkpoint import CHECKPOINT_CONFIG, checkpoint_step, clear_staging, latest_checkpoint, resume_checkpoint
-from lmtune.train.fit import Fitted, fit
-from lmtune.train.interrupt import RunInterrupted, StopRequest
-from lmtune.train.prepare import Prepared, prepare, read_data
-from lmtune.train.reporters import ConsoleReporter, EventLog, Reporters
+from lmtune.training.arguments import best_metric, training_arguments
+from lmtune.training.checkpoint import CHECKPOINT_CONFIG, checkpoint_step, clear_staging, latest_checkpoint, resume_checkpoint
+from lmtune.training.fit import Fitted, fit
+from lmtune.training.interrupt import RunInterrupted, StopRequest
+from lmtune.training.prepare import Prepared, prepare, read_data
+from lmtune.training.reporters import ConsoleReporter, EventLog, Reporters
 
 # Settings a checkpoint cannot be resumed under: it would continue another run's weights.
 STRUCTURAL = ("model.", "method.", "task.", "distill.", "data.format", "data.labels", "data.template", "data.prompt",

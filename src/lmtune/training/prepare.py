@@ -14,7 +14,7 @@ from lmtune.data.tokenize import TRUNCATED
 from lmtune.loading import load_for_training
 from lmtune.methods import METHODS, AddedModules, Method, trainable_summary
 from lmtune.model.precision import resolve_precision, weights_dtype
-from lmtune.train.compile import compile_blocks
+from lmtune.training.compile import compile_blocks
 
 
 @dataclass
