@@ -185,6 +185,79 @@ def test_bad_requests_get_openai_errors(server):
     assert client(url).models.list().data[0].id == model
 
 
+def test_client_errors_are_4xx_never_500(server):
+    url, model, engine = server
+    user = [{"role": "user", "content": "x"}]
+    bad = [
+        b"[1, 2, 3]",  # not an object
+        json.dumps({"messages": user}).encode(),  # no model
+        json.dumps({"model": model, "messages": "hi"}).encode(),
+        json.dumps({"model": model, "messages": user, "max_tokens": -1}).encode(),
+        json.dumps({"model": model, "messages": user, "n": 3}).encode(),
+        json.dumps({"model": model, "messages": user, "stop": 5}).encode(),
+        json.dumps({"model": model, "messages": [{"role": "wizard", "content": "x"}]}).encode(),
+        json.dumps({"model": model, "messages": [{"role": "user", "content": "film " * 400}]}).encode(),  # > 256 positions
+    ]
+    for body in bad:
+        status, reply = post(f"{url}/chat/completions", body)
+        assert 400 <= status < 500 and reply["error"]["message"], (body[:80], status, reply)
+    status, reply = post(f"{url}/completions", json.dumps({"model": model, "prompt": "film " * 400}).encode())
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_model(server):
+    import http.client
+
+    url, model, engine = server
+    network = engine.model.get_base_model()  # what generate() calls, under the adapter
+    forward, calls = network.forward, []
+
+    def slow_forward(*args, **kwargs):  # 40 ms a token: 200 tokens would hold the model for 8 s
+        calls.append(1)
+        time.sleep(0.04)
+        return forward(*args, **kwargs)
+
+    network.forward = slow_forward
+    try:
+        host, port = url.removeprefix("http://").split("/")[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({
+            "model": model, "messages": [{"role": "user", "content": "talk"}], "max_tokens": 200, "stream": True,
+            "temperature": 0}), {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.fp.readline()  # the first event: generation has started
+        deadline = time.time() + 30
+        while len(calls) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        assert len(calls) >= 3
+        conn.sock.close()  # the client goes away
+        conn.close()
+        assert engine.lock.acquire(timeout=5), "the generation still holds the model after the client left"
+        engine.lock.release()
+        stopped_at = len(calls)
+        time.sleep(0.3)
+        assert len(calls) == stopped_at < 100  # nothing generates for nobody
+    finally:
+        network.forward = forward
+    # the next client is served at once
+    reply = client(url).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_sixteen_concurrent_streaming_clients_all_complete(server):
+    url, model, _ = server
+    c = client(url)
+
+    def stream(i):
+        chunks = c.chat.completions.create(model=model, messages=[{"role": "user", "content": f"film {i}"}], max_tokens=5,
+                                           temperature=0, stream=True)
+        return "".join(ch.choices[0].delta.content or "" for ch in chunks)
+
+    sequential = [stream(i) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(stream, range(16))) == sequential
+
+
 # ---- evaluation reports and export -------------------------------------------------------------
 
 def test_rouge_l_and_exact_match():

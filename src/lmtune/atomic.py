@@ -16,10 +16,13 @@ from lmtune.errors import ConfigError
 
 
 def refuse_existing(*paths) -> None:
-    """Result files are never written over: a second run must not lose the first one's output."""
+    """Result files are never written over: a second run must not lose the first one's output. Checked,
+    with the location being writable, before the work that produces them."""
     for path in paths:
         if path and Path(path).exists():
             raise ConfigError(f"{path} exists; choose another file name or remove it first")
+        if path:
+            writable_parent(Path(path).parent, str(path))
 
 
 def empty_dir(path: str | Path, what: str = "output directory") -> Path:
@@ -35,10 +38,20 @@ def empty_dir(path: str | Path, what: str = "output directory") -> Path:
 
 
 def writable_parent(path: Path, what: str) -> None:
-    """A location lmtune cannot create or write is one line naming it, not an OSError traceback."""
+    """A location lmtune cannot create or write is one line naming it, not an OSError traceback
+    later. Tried with a probe file in the nearest directory that exists (permissions alone do not
+    tell: root ignores them, and a read-only file system says so only when written)."""
     parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: cannot write in {parent} (permission denied or read-only); choose another location")
+    reason = "not a directory"
+    if parent.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".lmtune-probe-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+            return
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+    raise ConfigError(f"{what}: cannot write in {parent} ({reason}); choose another location")
 
 
 @contextlib.contextmanager

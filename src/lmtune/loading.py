@@ -5,6 +5,7 @@ task's model class and its extra layers are decided in one place."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from lmtune.methods import METHODS
 from lmtune.model.load import CAUSAL_LM, load_model, load_model_and_tokenizer, load_tokenizer, resolve_model_path
 from lmtune.model.packed_attention import use_packed_attention
 from lmtune.model.precision import resolve_precision, weights_dtype
-from lmtune.run_dir import RunDir
+from lmtune.run_dir import RunDir, tensor_names
 from lmtune.tasks import TASKS
 
 
@@ -62,6 +63,20 @@ def load_for_training(cfg: Config, precision: Optional[str] = None) -> Loaded:
     return Loaded(cfg, model, tokenizer, make_task(cfg, tokenizer), precision)
 
 
+def attach_reference(loaded: "Loaded", base=None) -> None:
+    """The reference model of a task that compares with one (DPO), when the method trains the base
+    itself (full, freeze): a frozen copy of the starting weights, held in the 16-bit compute dtype.
+    Adapter methods need none: their reference is the same model with the adapter switched off.
+    `base`: the starting model, when the trained one is what was loaded (evaluating a finished run)."""
+    task, cfg = loaded.task, loaded.cfg
+    if not task.uses_reference or METHODS.get(cfg.method.name).saves != "model":
+        return
+    if base is None:
+        base = copy.deepcopy(loaded.model)
+    dtype = hardware.DTYPES[loaded.precision] if loaded.precision != "fp32" else torch.float32
+    task.reference = base.to(dtype=dtype).eval().requires_grad_(False)
+
+
 def load_for_inference(run_or_model: str | Path | RunDir, quantized: bool = True, dtype: Optional[torch.dtype] = None) -> Loaded:
     """A finished run (its adapter on its base, or its model) or a base model (alias, directory,
     GGUF file, hub id), in eval mode on the device. quantized=False loads a QLoRA run's base
@@ -86,17 +101,40 @@ def _load_run(run: RunDir, quantized: bool, dtype: Optional[torch.dtype]) -> Loa
     task = make_task(cfg, tokenizer)
     spec = type(task).spec(cfg)
     if saved.name == "model":
-        model = task.prepare(load_model(str(saved), cfg.model, dtype or weights_dtype(cfg.model.dtype, precision, False), spec=spec))
+        model = task.prepare(load_model(str(saved), cfg.model, dtype or weights_dtype(cfg.model.dtype, precision, False), spec=spec,
+                                        strict=True))
         load_task_layers(model, saved, task.extra_layers)
+        if task.uses_reference:  # compared with the model it started from, not with itself
+            base = load_model(resolve_model_path(cfg.model), cfg.model, hardware.DTYPES[precision], spec=spec)
+            attach_reference(Loaded(cfg, model, tokenizer, task, precision), base.to(hardware.device()))
     else:
         from peft import PeftModel
 
         dtype = dtype or weights_dtype(cfg.model.dtype, precision, METHODS.get(cfg.method.name).freezes_base)
         quant = quantization(cfg, precision) if quantized else None
         base = task.prepare(load_model(resolve_model_path(cfg.model), cfg.model, dtype, quant, spec))
-        model = PeftModel.from_pretrained(base, str(saved))  # restores the task's layers saved with the adapter
+        try:
+            model = PeftModel.from_pretrained(base, str(saved))  # restores the task's layers saved with the adapter
+        except RuntimeError as e:  # shapes that do not fit: another model, rank or task wrote these weights
+            raise ConfigError(f"{saved}: the adapter's weights do not fit this run's model ({str(e).splitlines()[-1].strip()[:160]}); "
+                              "re-run the training, or resume it from a checkpoint") from None
+        check_adapter_names(model, saved)
     model.to(hardware.device()).eval()
     return Loaded(cfg, model, tokenizer, task, precision, run)
+
+
+def check_adapter_names(model, saved: Path) -> None:
+    """Every weight the adapter needs is in its file: peft only warns about missing ones and leaves
+    them at their initial values, and a run would silently answer like the base model."""
+    from peft import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(model))
+    found = set().union(*(tensor_names(f) for f in saved.glob("*.safetensors")))
+    missing = sorted(expected - found)
+    if missing:
+        raise ConfigError(f"{saved}: the adapter's weights lack {len(missing)} of the {len(expected)} tensors this run's "
+                          f"method needs (such as {missing[0]}); the file was not written by this run. Re-run the "
+                          "training, or resume it from a checkpoint")
 
 
 def load_task_layers(model, saved: Path, names: tuple[str, ...]) -> None:

@@ -324,23 +324,37 @@ def check_weights_dir(saved: Path, remedy: str) -> None:
             raise ConfigError(f"{file}: damaged, not a valid safetensors file ({problem}); {remedy}")
 
 
-def safetensors_problem(path: Path) -> Optional[str]:
-    """What is wrong with a safetensors file, or None. Reads only its header: 8 bytes of header
-    length, a JSON header naming each tensor's byte range, then the data, which must end exactly
-    where the header says."""
+def safetensors_header(path: Path) -> tuple[Optional[dict], int, Optional[str]]:
+    """(the JSON header of a safetensors file, the bytes of data after it, None), or (None, 0, what is
+    wrong). The format: 8 bytes of header length, a JSON header naming each tensor's dtype, shape
+    and byte range, then the data."""
     size = path.stat().st_size
     if size < 8:
-        return f"{size} bytes, shorter than a header"
+        return None, 0, f"{size} bytes, shorter than a header"
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
         if length > size - 8:
-            return "the header is longer than the file: truncated or not safetensors"
+            return None, 0, "the header is longer than the file: truncated or not safetensors"
         try:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return "the header is not JSON"
+            return None, 0, "the header is not JSON"
     if not isinstance(header, dict):
-        return "the header is not a JSON object"
+        return None, 0, "the header is not a JSON object"
+    return header, size - 8 - length, None
+
+
+def tensor_names(path: Path) -> set[str]:
+    header = safetensors_header(path)[0]
+    return {k for k in header or {} if k != "__metadata__"}
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """What is wrong with a safetensors file, or None: its header is read, and the data must end
+    exactly where the header says (a truncated or padded file does not)."""
+    header, data, problem = safetensors_header(path)
+    if problem:
+        return problem
     ends = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -351,7 +365,6 @@ def safetensors_problem(path: Path) -> Optional[str]:
         ends.append(offsets[1])
     if not ends:
         return "it holds no tensors"
-    data = size - 8 - length
     if max(ends) != data:
         return f"the data is {data:,} bytes where the header names {max(ends):,}: truncated or padded"
     return None

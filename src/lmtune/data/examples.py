@@ -49,9 +49,26 @@ class TaggedWords(TypedDict):
     tags: list[int]
 
 
+class Preference(TypedDict):
+    """A prompt (messages) and two answers to it (assistant messages), the first one preferred."""
+
+    prompt: list[dict]
+    chosen: list[dict]
+    rejected: list[dict]
+
+
+class Unpaired(TypedDict):
+    """A prompt and one answer, marked good (True) or bad (False): KTO's data."""
+
+    prompt: list[dict]
+    completion: list[dict]
+    label: bool
+
+
 # Every family; a new one is a TypedDict above and its name here.
-FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords)
-JSON_FIELDS = ("messages", "segments", "words", "tags")  # stored as JSON text in a datasets row
+FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords, Preference, Unpaired)
+# Stored as JSON text in a datasets row.
+JSON_FIELDS = ("messages", "segments", "words", "tags", "prompt", "chosen", "rejected", "completion")
 
 
 def columns(family: type) -> list[str]:

@@ -243,7 +243,10 @@ def check_conversation(turns: list[dict[str, Any]], loc: str, name: str) -> list
         if role == "system" and i != 0:
             raise DataError(f"{where}: a system turn may only come first")
         calls_tools = role == "assistant" and turn.get("tool_calls")
-        if not isinstance(content, str) or (role == "assistant" and not calls_tools and not content.strip()):
+        # Every turn says something, but an assistant turn that only calls tools and a tool's result
+        # (a tool may return nothing).
+        may_be_empty = calls_tools or role == "tool"
+        if not isinstance(content, str) or (not may_be_empty and not content.strip()):
             if not (calls_tools and content is None):
                 raise DataError(f"{where}: content must be a non-empty string")
             turn["content"] = ""
@@ -253,3 +256,6 @@ def check_conversation(turns: list[dict[str, Any]], loc: str, name: str) -> list
     if turns[-1]["role"] != "assistant":
         raise DataError(f"{loc}: the conversation ends on a {turns[-1]['role']} turn; it must end with an assistant turn")
     return turns
+
+
+from lmtune.data import preference_formats  # noqa: E402,F401  (registers preference and unpaired)

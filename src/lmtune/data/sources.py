@@ -80,7 +80,7 @@ def _read_txt(p: Path, unit: str) -> Iterator[Row]:
     """Raw text: one document per line (blank lines skipped) or the whole file as one document."""
     if unit == "file":
         try:
-            yield f"{p}", {"text": p.read_bytes().decode("utf-8")}
+            yield f"{p}", {"text": p.read_bytes().decode("utf-8-sig")}
         except UnicodeDecodeError as e:
             yield f"{p}", DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8")
         return
@@ -90,12 +90,13 @@ def _read_txt(p: Path, unit: str) -> Iterator[Row]:
 
 
 def _decoded_lines(p: Path) -> Iterator[tuple[str, Union[str, DataError]]]:
-    # Binary lines, decoded one by one, so that a bad byte is reported with its line.
+    # Binary lines, decoded one by one, so that a bad byte is reported with its line. A UTF-8
+    # byte-order mark (Excel and Notepad write one) is not part of the first line.
     with open(p, "rb") as f:
         for number, raw in enumerate(f, start=1):
             loc = f"{p}:{number}"
             try:
-                yield loc, raw.decode("utf-8")
+                yield loc, raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 yield loc, DataError(f"{loc}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8")
 
@@ -120,7 +121,7 @@ def _read_jsonl(p: Path) -> Iterator[Row]:
 
 def _read_json(p: Path) -> Iterator[Row]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
     except json.JSONDecodeError as e:
@@ -140,7 +141,7 @@ def _read_json(p: Path) -> Iterator[Row]:
 
 def _read_csv(p: Path) -> Iterator[Row]:
     delimiter = "\t" if p.suffix.lower() == ".tsv" else ","
-    with open(p, encoding="utf-8", newline="") as f:
+    with open(p, encoding="utf-8-sig", newline="") as f:
         try:
             reader = csv.DictReader(f, delimiter=delimiter)
             for row in reader:

@@ -68,3 +68,38 @@ def last_target_start(labels: list[int]) -> int:
     while i > 0 and labels[i - 1] != IGNORE:
         i -= 1
     return i if any(l != IGNORE for l in labels) else len(labels)
+
+
+def text_budget(tokenizer, max_length: int) -> int:
+    """Characters that hold more than max_length tokens of any text: max_length times the longest
+    token of the vocabulary, twice over (the margin keeps the cut away from the tokens that are
+    kept). A text longer than this is cut before tokenising: a 50 MB row costs what max_length
+    tokens cost, and the tokens kept are the same as when the whole text is tokenised and truncated."""
+    longest = getattr(tokenizer, "_lmtune_longest_token", None)
+    if longest is None:
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=16)
+        tokenizer._lmtune_longest_token = longest
+    return 2 * max_length * max(longest, 1)
+
+
+def clip_text(text: str, budget: int, keep: str) -> str:
+    """At most `budget` characters of a text: its start (keep="start") or its end (keep="end")."""
+    if len(text) <= budget:
+        return text
+    return text[:budget] if keep == "start" else text[-budget:]
+
+
+def clip_chat(example: dict, budget: int) -> dict:
+    """A Chat example (or a LabelledText's prompt messages) with over-long turns cut as truncation
+    will cut them: the last answer keeps its start (it is the target kept), every other turn its end
+    (the prompt is cut from the left)."""
+    if example.get("segments"):
+        last = len(example["segments"]) - 1
+        segments = [[clip_text(text, budget, "start" if i == last else "end"), target]
+                    for i, (text, target) in enumerate(example["segments"])]
+        return {**example, "segments": segments}
+    messages = example["messages"]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    clipped = [{**m, "content": clip_text(m["content"], budget, "start" if i == last else "end")}
+               if isinstance(m.get("content"), str) else m for i, m in enumerate(messages)]
+    return {**example, "messages": clipped}

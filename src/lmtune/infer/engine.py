@@ -92,32 +92,41 @@ class Engine:
                 answers[i] = done.text.strip()
         return answers
 
-    def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
-        """Text pieces as they are generated (the model runs in a thread; the lock is held throughout)."""
-        from transformers import TextIteratorStreamer
+    def stream(self, prompt: list[int], params: SamplingParams, cancel: Optional[threading.Event] = None) -> Iterator[str]:
+        """Text pieces as they are generated. The model runs in a thread that holds the lock while it
+        generates; setting `cancel` (a client that went away), or leaving this iterator, stops the
+        generation at the next token and frees the model for the next request."""
+        from transformers import StoppingCriteria, TextIteratorStreamer
+
+        cancel = cancel or threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         device = model_device(self.model)
         ids = torch.tensor([prompt], device=device)
-
         failure: list[BaseException] = []
 
         def run():
             try:
-                with torch.inference_mode(), autocast(device, self.precision):
+                with self.lock, torch.inference_mode(), autocast(device, self.precision):
+                    self._select()
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
-                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                                        **self._kwargs(params, len(prompt)))
+                    if not cancel.is_set():
+                        self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                                            stopping_criteria=[Cancelled()], **self._kwargs(params, len(prompt)))
             except BaseException as e:  # surfaced in the caller's thread below
                 failure.append(e)
+            finally:
                 streamer.end()
 
-        with self.lock:
-            self._select()
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
             emitted = ""
             for piece in streamer:
                 emitted += piece
@@ -126,20 +135,24 @@ class Engine:
                     remaining = emitted[:cut][len(emitted) - len(piece):]
                     if remaining:
                         yield remaining
-                    for _ in streamer:  # let generation finish (it stops at the stop string itself)
-                        pass
                     break
                 yield piece
-            worker.join()
+        finally:
+            cancel.set()  # done, a stop string, or a reader that stopped reading: generation ends
+        worker.join()
         if failure:
             raise failure[0]
 
+    def context_limit(self) -> Optional[int]:
+        """The model's positions (GPT-2 has 1,024; past them its position embedding fails), if it says."""
+        config = getattr(self.model, "config", None)
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
     def _kwargs(self, params: SamplingParams, prompt_length: int) -> dict:
         """generate() arguments, with max_new_tokens capped so that prompt + answer stay within
-        the model's positions (GPT-2 has 1,024; past them its position embedding fails)."""
+        the model's positions."""
         kwargs = {**self._stop_kwargs(params), **params.generate_kwargs()}
-        config = getattr(self.model, "config", None)
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        limit = self.context_limit()
         if limit:
             kwargs["max_new_tokens"] = max(1, min(kwargs["max_new_tokens"], limit - prompt_length))
         return kwargs

@@ -8,9 +8,10 @@ a lock, so generations never interleave inside a model. Errors come in OpenAI's 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +21,11 @@ from lmtune.infer.engine import Engine, SamplingParams
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]  # OpenAI's roles; developer is a system turn
     content: Union[str, list[dict[str, Any]], None] = None
+
+    def template_role(self) -> str:
+        return "system" if self.role == "developer" else self.role
 
     def text(self) -> str:
         if isinstance(self.content, list):  # [{"type": "text", "text": ...}, ...]
@@ -30,6 +34,10 @@ class Message(BaseModel):
 
 
 class Sampling(BaseModel):
+    """The sampling fields of an OpenAI request, with OpenAI's documented defaults (temperature 1,
+    top_p 1), which its clients rely on; `lmtune generate` and `chat` default to greedy instead
+    (SamplingParams). Both end in one SamplingParams."""
+
     model_config = ConfigDict(extra="ignore")
     model: str
     max_tokens: Optional[int] = Field(None, gt=0)
@@ -88,13 +96,16 @@ def install_error_handlers(app) -> None:
     async def http_error(request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def server_error(request, exc: Exception):  # a bug of ours: still OpenAI's shape, with what went wrong
+        return error(500, f"{type(exc).__name__}: {exc}", "server_error")
+
 
 def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
     """/v1/models, /v1/chat/completions and /v1/completions over these engines, as an APIRouter that
     `lmtune serve` and the web UI mount (with install_error_handlers on their app)."""
     from fastapi import APIRouter, Depends
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import StreamingResponse
 
     def check_key(request: Request) -> None:
         if api_key and request.headers.get("authorization", "") != f"Bearer {api_key}":
@@ -115,25 +126,20 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
         engine = engines.get(body.model)
         if engine is None:
             return unknown_model(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [{"role": m.template_role(), "content": m.text()} for m in body.messages]
         try:
             prompt = engine.prompt_ids(messages)
         except Exception as e:  # a template that cannot render these roles
             return error(400, f"messages: {e}")
+        check_length(engine, [prompt])
         params = body.params()
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            def events():
-                def chunk(delta, finish=None):
-                    return {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": body.model,
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                yield _sse(chunk({"role": "assistant", "content": ""}))
-                for piece in engine.stream(prompt, params):
-                    if piece:
-                        yield _sse(chunk({"content": piece}))
-                yield _sse(chunk({}, "stop"))
-                yield "data: [DONE]\n\n"
-            return StreamingResponse(events(), media_type="text/event-stream")
+            def chunk(delta, finish=None):
+                return _sse({"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": body.model,
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            return sse_response(engine, prompt, params, lambda piece: chunk({"content": piece}),
+                                first=(chunk({"role": "assistant", "content": ""}),), last=(chunk({}, "stop"),))
         done = (await run_in_threadpool(engine.generate, [prompt], params))[0]
         return {
             "id": ident, "object": "chat.completion", "created": int(time.time()), "model": body.model,
@@ -150,20 +156,17 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
         if not texts:
             return error(400, "prompt: give a string or a non-empty list of strings")
         prompts = [engine.prompt_ids(text=t) for t in texts]
+        check_length(engine, prompts)
         params = body.params()
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             if len(prompts) != 1:
                 return error(400, "stream: one prompt at a time")
 
-            def events():
-                for piece in filter(None, engine.stream(prompts[0], params)):
-                    yield _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
-                                "choices": [{"index": 0, "text": piece, "finish_reason": None}]})
-                yield _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
-                            "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
-                yield "data: [DONE]\n\n"
-            return StreamingResponse(events(), media_type="text/event-stream")
+            def chunk(text, finish=None):
+                return _sse({"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
+                             "choices": [{"index": 0, "text": text, "finish_reason": finish}]})
+            return sse_response(engine, prompts[0], params, chunk, last=(chunk("", "stop"),))
         done = await run_in_threadpool(engine.generate, prompts, params)
         return {
             "id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model,
@@ -172,6 +175,42 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
         }
 
     return router
+
+
+def check_length(engine: Engine, prompts: list[list[int]]) -> None:
+    """A prompt the model cannot read at all is the client's mistake (400), not a crash (500)."""
+    limit = engine.context_limit()
+    longest = max(len(p) for p in prompts)
+    if limit and longest >= limit:
+        raise ApiError(400, f"This model's maximum context length is {limit} tokens; the prompt has {longest}. "
+                            "Shorten the messages.", code="context_length_exceeded")
+
+
+def sse_response(engine: Engine, prompt: list[int], params: SamplingParams, event: Callable[[str], str],
+                 first: tuple[str, ...] = (), last: tuple[str, ...] = ()):
+    """Server-sent events: `first`, one `event(piece)` per piece of text as the model makes it, `last`,
+    [DONE]. The pieces are pulled in a worker thread; a client that goes away stops the generation
+    at the next token and frees the model for the next request."""
+    from fastapi.responses import StreamingResponse
+    from starlette.concurrency import iterate_in_threadpool
+
+    cancel = threading.Event()
+    pieces = engine.stream(prompt, params, cancel)
+
+    async def stream():
+        try:
+            for item in first:
+                yield item
+            async for piece in iterate_in_threadpool(pieces):
+                if piece:
+                    yield event(piece)
+            for item in last:
+                yield item
+            yield "data: [DONE]\n\n"
+        finally:
+            cancel.set()
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
 
 
 def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):

@@ -73,12 +73,15 @@ def labelled_head(auto_class: str, names: list[str]) -> ModelSpec:
                                   ("label2id", {n: i for i, n in enumerate(names)})))
 
 
-def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None, spec: ModelSpec = CAUSAL_LM):
+def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_config=None, spec: ModelSpec = CAUSAL_LM,
+               strict: bool = False):
+    """The model in the task's class. strict: every weight must come from the files (a trained
+    model's directory), where transformers would only warn and initialise the missing ones."""
     import transformers
 
     auto = getattr(transformers, spec.auto_class)
     try:
-        model = auto.from_pretrained(
+        model, info = auto.from_pretrained(
             path,
             revision=cfg.revision,
             dtype=dtype,
@@ -87,9 +90,14 @@ def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_con
             quantization_config=quantization_config,
             **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}),
             **dict(spec.kwargs),
+            output_loading_info=True,
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    if strict and info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise ConfigError(f"{path}: the saved model lacks {len(missing)} weights (such as {missing[0]}); "
+                          "re-run the training, or resume it from a checkpoint")
     if cfg.keep_layers:
         keep_first_layers(model, cfg.keep_layers)
     return model

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lmtune.config import Config, validate_config
 from lmtune.methods import METHODS
+from lmtune.tasks import TASKS
 from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
 from lmtune.plan.shape import ModelShape, model_shape, trainable_params
 from lmtune.plan.throughput import Rate, adamw_seconds_per_param
@@ -39,10 +40,11 @@ def batch_of(cfg: Config, stats: dict | None) -> Batch:
     """The micro-batch the run will see: from the tokenised data when there is some, else max_length."""
     virtual = getattr(cfg.method, "num_virtual_tokens", 0) if METHODS.get(cfg.method.name).virtual_tokens == "sequence" else 0
     length = cfg.data.max_length
+    task = TASKS.get(cfg.task.name)
+    size = cfg.train.batch_size * task.sequences_per_row  # a preference pair is two sequences
     if stats:
-        return Batch(cfg.train.batch_size, stats["max"], stats["mean"], stats["targets"], virtual, stats["padded"])
-    targets = 1 if cfg.task.name == "label_tokens" else length / 2
-    return Batch(cfg.train.batch_size, length, length, targets, virtual)
+        return Batch(size, stats["max"], stats["mean"], stats["targets"], virtual, stats["padded"])
+    return Batch(size, length, length, task.targets_per_row(length), virtual)
 
 
 def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int | None, rate: Rate | None,
@@ -54,11 +56,14 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
                   lora_dropout=getattr(cfg.method, "dropout", 0.0))
     plain = memory(shape, name, trainable, batch, checkpointing=False, **kwargs)
     checkpointed = memory(shape, name, trainable, batch, checkpointing=True, **kwargs)
+    reference = reference_cost(cfg, shape, batch, precision)
+    for m in (plain, checkpointed):
+        m.weights += reference.weights
     t = cfg.train
     steps = math.ceil(rows / (t.batch_size * t.grad_accum)) if rows else 0
     seconds = None
     if rate is not None and rows:
-        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing)
+        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) + reference.flops
         if rate.step_s is None:
             micro = flops / rate.flops_per_s
         else:  # the step timed for the configured method, scaled to this method's (and checkpointing's) FLOPs
@@ -67,6 +72,22 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
         seconds = t.epochs * steps * (t.grad_accum * micro + optimizer_step) + rate.first_step_s
         seconds += trainable * rate.optimizer_first_per_param
     return Plan(name, shape.total_params, trainable, plain, checkpointed, seconds, steps)
+
+
+@dataclass
+class ReferenceCost:
+    weights: float = 0.0  # bytes of a frozen copy of the model
+    flops: float = 0.0  # per micro-batch: its forward pass
+
+
+def reference_cost(cfg: Config, shape: ModelShape, batch: Batch, precision: str) -> ReferenceCost:
+    """A task that compares with a reference model (DPO) runs it forward on every batch; methods
+    that train the base keep a frozen 16-bit copy of it (adapter methods switch the adapter off)."""
+    if not TASKS.get(cfg.task.name).uses_reference:
+        return ReferenceCost()
+    copy = shape.total_params * (4 if precision == "fp32" else 2) if METHODS.get(cfg.method.name).saves == "model" else 0.0
+    forward = batch.size * batch.computed_length * 2 * shape.block_params + batch.size * batch.targets * 2 * shape.head_params
+    return ReferenceCost(copy, forward)
 
 
 def with_method(cfg: Config, name: str) -> Config:
@@ -120,11 +141,15 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
 
     splits = {"train": read_data(cfg)["train"]}  # as `lmtune train` reads and tokenises it
     ds, info = tokenize_splits(cfg, splits, tokenizer, make_task(cfg, tokenizer))["train"]
-    targets = count_targets(ds["labels"])
-    lengths = [len(ids) for ids in ds["input_ids"]]
-    computed = info.lengths["mean"] if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
+    # A row's sequences (a preference pair: chosen and rejected) are padded together; per sequence below.
+    sequences = [("input_ids", "labels")] + ([("rejected_input_ids", "rejected_labels")] if "rejected_input_ids" in ds.column_names else [])
+    targets = sum(count_targets(ds[labels]) for _, labels in sequences) / len(sequences)
+    per_sequence = [[len(ids) for ids in ds[column]] for column, _ in sequences]
+    lengths = [max(row) for row in zip(*per_sequence)]
+    mean = sum(map(sum, per_sequence)) / (len(sequences) * max(info.rows, 1))
+    computed = mean if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
         lengths, cfg.train.batch_size, cfg.train.group_by_length, cfg.train.seed)
-    return {"rows": info.rows, "tokens": info.tokens, "max": info.lengths["max"], "mean": info.lengths["mean"],
+    return {"rows": info.rows, "tokens": info.tokens, "max": max(lengths), "mean": round(mean, 1),
             "padded": computed, "targets": targets / max(info.rows, 1)}
 
 

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from lmtune.config import Config
 from lmtune.data.dataset import read_splits
-from lmtune.data.examples import Chat
+from lmtune.data.examples import Chat, Preference
 from lmtune.data.formats import FORMATS
 from lmtune.data.tokenize import IGNORE, count_targets, labels_per_token
 from lmtune.loading import load_tokenizer_of, make_task
@@ -40,14 +40,19 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
     console.print(table)
 
     train_ds = tokenized["train"][0]
-    for warning in mask_warnings(tokenizer, labels_per_token(train_ds["labels"]), FORMATS.get(cfg.data.format).family is Chat,
+    answers_end_turns = FORMATS.get(cfg.data.format).family in (Chat, Preference)  # the model must learn to stop
+    for warning in mask_warnings(tokenizer, labels_per_token(train_ds["labels"]), answers_end_turns,
                                  summary["train"]["rows_without_target"]):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print("[bold]trained-on tokens[/] are [black on green]highlighted[/]; the rest only conditions the model.")
     for i in range(min(rows, len(train_ds))):
         console.rule(f"train row {i}")
         label = train_ds[i]["labels"]
-        if isinstance(label, list):
+        if "rejected_input_ids" in train_ds.column_names:  # a preference pair: both answers, each with its mask
+            console.print(Text("chosen: ", style="bold") + highlighted(tokenizer, train_ds[i]["input_ids"], label))
+            console.print(Text("rejected: ", style="bold")
+                          + highlighted(tokenizer, train_ds[i]["rejected_input_ids"], train_ds[i]["rejected_labels"]))
+        elif isinstance(label, list):
             console.print(highlighted(tokenizer, train_ds[i]["input_ids"], label))
         else:  # one label for the whole row (a classification or regression head)
             name = cfg.data.labels[label] if cfg.data.labels and isinstance(label, int) else label

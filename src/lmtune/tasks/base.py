@@ -48,18 +48,19 @@ def model_device(model) -> torch.device:
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
 
 
-def target_logits(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logits(model, inputs: dict[str, torch.Tensor], virtual_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits only where a target is predicted, and those targets: (N, vocab) fp32 and (N,).
 
     The LM head runs only at positions whose next label is not -100 (a boolean logits_to_keep),
     so a prompt-heavy batch never materialises logits over the whole vocabulary for every token.
     Same loss as the model's own shifted cross-entropy, computed on far fewer positions.
+    `virtual_tokens` overrides what the model's peft config says (0 with its adapter switched off).
     """
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = next_labels != IGNORE
-    virtual = virtual_tokens_in_sequence(model)
+    virtual = virtual_tokens_in_sequence(model) if virtual_tokens is None else virtual_tokens
     if virtual:  # prompt tuning / P-tuning put virtual tokens before each row
         keep = torch.cat([keep.new_zeros(keep.shape[0], virtual), keep], dim=1)
     kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
@@ -88,8 +89,11 @@ class Task:
     generates = True  # a causal LM that generate / chat / serve can use
     labels_name: str | None = None  # what data.labels names ("label", "tag"), when the task needs them
     can_pack = True  # rows may be packed together (data.packing)
+    why_not_packed = "predicts per row"  # said when packing is refused
     can_distill = False  # a teacher's outputs can be compared with the student's (distill section)
     head_modules: tuple[str, ...] = ()  # a new head the task puts on the model: always trained, never quantised
+    sequences_per_row = 1  # sequences a training row becomes (a preference pair: 2); the planner
+    uses_reference = False  # a frozen reference model is run on every row (DPO); the planner
 
     @classmethod
     def spec(cls, cfg: "Config") -> ModelSpec:
@@ -110,10 +114,16 @@ class Task:
             distillable = [t for t in TASKS.names() if TASKS.get(t).can_distill]
             raise ValueError(f"distill works with tasks {', '.join(distillable)}, not {cls.name}")
         if cfg.data.packing and not cls.can_pack:
-            raise ValueError(f"task {cls.name} predicts per row; set data.packing=false")
+            raise ValueError(f"task {cls.name} {cls.why_not_packed}; set data.packing=false")
         metric = cfg.train.metric_for_best
         if metric and metric not in cls.metrics:
             raise ValueError(f"train.metric_for_best: task {cls.name} reports {', '.join(cls.metrics)}, not {metric!r}")
+
+    @classmethod
+    def targets_per_row(cls, max_length: int) -> float:
+        """Positions with a loss in a row of max_length tokens, for the planner before the data is
+        read: about half of them (an answer after its prompt)."""
+        return max_length / 2
 
     @property
     def extra_layers(self) -> tuple[str, ...]:
@@ -130,6 +140,15 @@ class Task:
 
     def fit(self, train_dataset) -> None:
         """Whatever the task learns from the tokenised training split before training (class weights)."""
+
+    def count_items(self, batch: dict) -> int | None:
+        """What the loss of a batch is averaged over, when it is not its target tokens (the
+        Trainer's count): preference pairs, for instance. None: the target tokens."""
+        return None
+
+    def training_metrics(self) -> dict[str, float]:
+        """Metrics the task gathered while training since the last log (reward accuracy ...)."""
+        return {}
 
     def write_artifacts(self, out) -> None:
         """Pictures or files the task adds to the run directory after the final evaluation."""

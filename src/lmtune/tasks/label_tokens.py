@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lmtune.data.examples import LabelledText, from_batch
-from lmtune.data.tokenize import IGNORE, tokenize_segments, truncate
+from lmtune.data.tokenize import IGNORE, clip_chat, text_budget, tokenize_segments, truncate
 from lmtune.errors import ConfigError
 from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
 
@@ -42,6 +42,10 @@ class LabelTokensTask(Task):
         if cfg.task.label_words is not None and len(cfg.task.label_words) != len(cfg.data.labels):
             raise ValueError("task.label_words needs one word per entry of data.labels")
 
+    @classmethod
+    def targets_per_row(cls, max_length):
+        return 1  # the label word
+
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)
         self.label_words = cfg.task.label_words or cfg.data.labels
@@ -61,7 +65,8 @@ class LabelTokensTask(Task):
 
     def encode(self, batch):
         examples = from_batch(batch)
-        prompts = [self.renderer.segments(ex["messages"], add_generation_prompt=True) for ex in examples]
+        budget = text_budget(self.tokenizer, self.cfg.data.max_length)
+        prompts = [self.renderer.segments(clip_chat(ex, budget)["messages"], add_generation_prompt=True) for ex in examples]
         out = {"input_ids": [], "labels": [], "label": [], "truncated": []}
         labels_of_rows = [ex["label"] for ex in examples]
         for (ids, labels), label in zip(tokenize_segments(self.tokenizer, self.renderer, prompts), labels_of_rows):

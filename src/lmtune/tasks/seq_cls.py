@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lmtune.data.examples import LabelledText, from_batch
+from lmtune.data.tokenize import clip_text, text_budget
 from lmtune.model.load import labelled_head
 from lmtune.tasks.base import MODEL_INPUTS, Task, TaskOptions, register_task
 from lmtune.tasks.label_tokens import macro_f1
@@ -49,8 +50,9 @@ def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
 def encode_texts(tokenizer, batch: dict[str, list], max_length: int) -> dict[str, list]:
     """input_ids (and token_type_ids) of each row's text, or text pair, cut to max_length."""
     examples = from_batch(batch)
-    texts = [ex["text"] for ex in examples]
-    pairs = [ex["pair"] for ex in examples]
+    budget = text_budget(tokenizer, max_length)  # the tokenizer keeps each text's start
+    texts = [clip_text(ex["text"], budget, "start") for ex in examples]
+    pairs = [clip_text(ex["pair"], budget, "start") for ex in examples]
     has_pairs = any(pairs)
     enc = tokenizer(texts, pairs if has_pairs else None, truncation="longest_first" if has_pairs else True,
                     max_length=max_length)

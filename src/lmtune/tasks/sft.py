@@ -10,7 +10,7 @@ import torch
 
 from lmtune.data.examples import Chat, Document, family_of, from_batch
 from lmtune.data.templates import Segment
-from lmtune.data.tokenize import bos_prefix, tokenize_segments, truncate
+from lmtune.data.tokenize import bos_prefix, clip_chat, text_budget, tokenize_segments, truncate
 from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
 
 
@@ -33,7 +33,8 @@ class SftTask(Task):
         examples = from_batch(batch)
         if examples and family_of(examples[0]) is Document:
             return self.encode_documents([ex["text"] for ex in examples])
-        conversations = [self._targets(self.renderer.render(ex)) for ex in examples]
+        budget = text_budget(self.tokenizer, self.cfg.data.max_length)
+        conversations = [self._targets(self.renderer.render(clip_chat(ex, budget))) for ex in examples]
         out = {"input_ids": [], "labels": [], "truncated": []}
         for ids, labels in tokenize_segments(self.tokenizer, self.renderer, conversations):
             ids, labels, cut = truncate(ids, labels, self.cfg.data.max_length)

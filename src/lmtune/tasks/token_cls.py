@@ -33,10 +33,11 @@ def align_words(tokenizer, words: list[str], tags: list[int], max_length: int) -
     tag, the rest -100, and so do the special tokens. A word with no token of its own becomes the
     unknown token, so that every word keeps exactly one labelled position."""
     prefix, suffix = special_tokens_around(tokenizer)
+    truncated = len(words) > max_length
+    words = words[:max_length]  # every word is at least one token: the rest cannot fit, so is not tokenised
     pieces = tokenizer([w if i == 0 else " " + w for i, w in enumerate(words)], add_special_tokens=False)["input_ids"]
     ids, labels = list(prefix), [IGNORE] * len(prefix)
     room = max_length - len(prefix) - len(suffix)
-    truncated = False
     for piece, tag in zip(pieces, tags):
         piece = piece or [tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.eos_token_id]
         if len(ids) - len(prefix) + len(piece) > room:

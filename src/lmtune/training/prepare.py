@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from lmtune.config import Config
 from lmtune.data.dataset import Split, SplitInfo, read_splits, stream_split, tokenize_split
 from lmtune.data.tokenize import TRUNCATED
-from lmtune.loading import load_for_training
+from lmtune.loading import attach_reference, load_for_training
 from lmtune.methods import METHODS, AddedModules, Method, trainable_summary
 from lmtune.model.precision import resolve_precision, weights_dtype
 from lmtune.training.compile import compile_blocks
@@ -77,6 +77,7 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
     splits = splits if splits is not None else read_data(cfg)
     loaded = load_for_training(cfg, precision)
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
+    attach_reference(loaded)  # before anything trains: the starting weights (DPO with full, freeze)
     metric = cfg.train.metric_for_best
     if metric and metric not in task.metrics:
         from lmtune.errors import ConfigError
@@ -96,6 +97,8 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
           "splits": {name: vars(info) for name, info in (("train", train_info), ("validation", eval_info)) if info}})
     if device is not None:
         model.to(device)
+        if getattr(task, "reference", None) is not None:
+            task.reference.to(device)
     scores = None
     if zero_shot and eval_data is not None:
         emit({"event": "phase", "name": "zero_shot_eval"})

@@ -78,8 +78,11 @@ def open_for_resume(cfg: Config, resume: str, main: bool) -> tuple[RunDir, Path,
         raise ConfigError(f"--resume: {run.path} has no checkpoints/ directory; is output.dir the run to resume?")
     checkpoint = resume_checkpoint(run.checkpoints, resume)
     saved = checkpoint / CHECKPOINT_CONFIG
-    before = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else (
-        run.raw_config() if run.is_run() else None)
+    try:
+        before = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else (
+            run.raw_config() if run.is_run() else None)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(f"--resume: {saved} is damaged; resume from another checkpoint with --resume PATH") from None
     changed = []
     if before is not None:
         now = cfg.model_dump(mode="json")

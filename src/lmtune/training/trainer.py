@@ -44,6 +44,22 @@ class LmtuneTrainer(Trainer):
             loss = self._non_finite(loss)
         return (loss, None) if return_outputs else loss
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """What the loss is averaged over: the task's items (preference pairs) when it counts them,
+        else the Trainer's count of target tokens."""
+        counts = [self.task.count_items(batch) for batch in batch_samples]
+        if not batch_samples or counts[0] is None:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        total = torch.tensor(sum(counts), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:  # a training log: add what the task measured while training (reward accuracy ...)
+            logs.update(self.task.training_metrics())
+        super().log(logs, *args, **kwargs)
+
     def _non_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop before the bad gradient touches the weights, or drop this micro-batch (a zero loss
         with no path to the parameters adds nothing to the accumulated gradients)."""
