@@ -119,7 +119,7 @@ def empty_turn(c: Check) -> tuple[bool, str]:
     chat = c.root / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}]}) + "\n")
     done = c.lmtune("train", ROOT / "configs" / "chat_sft_lora.yaml", "--output-dir", c.root / "empty", f"data.train={chat}",
-                    "data.validation=null", f"model.name={c.model}")
+                    "data.validation=null", "data.on_bad_rows=error", f"model.name={c.model}")
     return one_line(done) and not (c.root / "empty").exists(), last_error(done)
 
 
