@@ -8,7 +8,7 @@ beginning; the few bad rows skipped), shuffled with a fixed seed, kept when they
 whole, and written as conversational JSONL ({prompt: [messages], chosen: [message], rejected:
 [message]}), which both sides read. Both
 train SmolLM2-135M-Instruct with LoRA r=16 / alpha=32 / dropout 0 on all linear layers, DPO sigmoid
-beta 0.1, batch 4 x accumulation 2, lr 5e-5 with 10% warm-up then linear decay, one epoch, bf16.
+beta 0.1, batch 4 x accumulation 2, lr 5e-4 with 10% warm-up then linear decay, one epoch, bf16.
 Both adapters are then scored by the same code (`lmtune eval`) on the held-out pairs: reward
 accuracy, the chosen answer's log-ratio over the rejected one's against the base model, before
 (lmtune's zero-shot measurement: the model is its own reference) and after.
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from lmtune.model.load import resolve_model_path
@@ -84,13 +85,14 @@ def main() -> None:
         print("lmtune ...", flush=True)
         run([sys.executable, "-m", "lmtune", "train", "configs/dpo_hh_lora.yaml", "--output-dir", str(mine),
              f"data.train={train}", f"data.validation={held}", "data.val_size=null", "data.max_samples=null",
-             f"data.max_length={args.max_length}", f"train.seed={args.seed}"])
+             f"data.max_length={args.max_length}", f"train.seed={args.seed}", f"train.lr={args.lr}"])
         metrics = json.loads((mine / "metrics.json").read_text())
         t = metrics["train"]
         print("TRL ...", flush=True)
         theirs = tmp / "trl"
         run([sys.executable, str(ROOT / "bench" / "trl_dpo_recipe.py"), "--train", str(train), "--out", str(theirs),
-             "--model", model_dir, "--max-length", str(args.max_length), "--seed", str(args.seed)])
+             "--model", model_dir, "--max-length", str(args.max_length), "--seed", str(args.seed),
+             "--lr", str(args.lr)])
         r = json.loads((theirs / "result.json").read_text())
         shutil.copy(mine / "config.yaml", theirs / "config.yaml")  # the same settings: scored the same way
         print("scoring TRL's adapter ...", flush=True)

@@ -11,7 +11,7 @@ import pytest
 
 from lmtune.config import load_config
 from lmtune.infer.chat import chat
-from lmtune.infer.engine import SamplingParams
+from lmtune.generation import SamplingParams
 from lmtune.infer.load import load_engine, load_engines
 from lmtune.training.run import train
 

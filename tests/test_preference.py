@@ -273,3 +273,24 @@ def test_kto_trains_good_answers_up_and_bad_ones_down(tmp_path, tiny_llama):
     assert metrics["zero_shot"]["margin"] == 0.0 and metrics["final"]["margin"] > 0.05
     with pytest.raises(ConfigError, match="batch_size >= 2"):
         load_config(None, ["task.name=kto", "data.format=unpaired", "train.batch_size=1"])
+
+
+def test_the_planner_counts_pairs_the_reference_and_grpo_answers():
+    from transformers import LlamaConfig
+
+    from lmtune.plan.command import plan
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1000)
+    common = ["train.batch_size=4", "data.max_length=128"]
+
+    def planned(*overrides):
+        return plan(load_config(None, [*common, *overrides]), config=config, throughput=1000, measure_rate=False)[0]
+
+    sft = planned("method.name=full")
+    dpo_lora = planned("task.name=dpo", "data.format=preference")
+    dpo_full = planned("task.name=dpo", "data.format=preference", "method.name=full")
+    assert dpo_full.memory.weights - sft.memory.weights == pytest.approx(dpo_full.total * 2)  # a frozen bf16 copy
+    assert dpo_lora.memory.activations == pytest.approx(2 * planned().memory.activations)  # two sequences per pair
+    grpo = planned("task.name=grpo", "data.format=prompts", "task.rewards=[brevity]", "task.num_generations=8")
+    assert grpo.memory.activations == pytest.approx(8 * planned().memory.activations)

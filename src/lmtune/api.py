@@ -62,8 +62,8 @@ def evaluate(run: str | Path | RunDir, data: Optional[str] = None, generations: 
 
 def generate(run: str | Path | RunDir, prompt: str | list[str], system: Optional[str] = None, **sampling) -> str | list[str]:
     """Answers to one prompt or a list of prompts, rendered as in training. `sampling`: the fields
-    of lmtune.infer.engine.SamplingParams (max_new_tokens, temperature, top_p, top_k, seed ...)."""
-    from lmtune.infer.engine import SamplingParams
+    of lmtune.generation.SamplingParams (max_new_tokens, temperature, top_p, top_k, seed ...)."""
+    from lmtune.generation import SamplingParams
     from lmtune.infer.generate import chat_messages
     from lmtune.infer.load import load_engine
 
@@ -78,7 +78,7 @@ def generate_file(run: str | Path | RunDir, input_path: str | Path, output_path:
                   batch_size: int = 8, **sampling) -> int:
     """Answers for every row of a JSONL file of {"prompt": ...} or {"messages": [...]}, batched by
     length, written in input order; returns how many."""
-    from lmtune.infer.engine import SamplingParams
+    from lmtune.generation import SamplingParams
     from lmtune.infer.generate import generate_file as _generate_file
     from lmtune.infer.load import load_engine
 
@@ -90,7 +90,7 @@ def generate_file(run: str | Path | RunDir, input_path: str | Path, output_path:
 def chat(run: str | Path | RunDir, system: Optional[str] = None, **sampling) -> None:
     """An interactive chat on the terminal (stdin / stdout), streamed."""
     from lmtune.infer.chat import chat as _chat
-    from lmtune.infer.engine import SamplingParams
+    from lmtune.generation import SamplingParams
     from lmtune.infer.load import load_engine
 
     cfg, engine = load_engine(run)

@@ -19,7 +19,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 from lmtune import api  # noqa: E402
 from lmtune.atomic import refuse_existing, write_text_atomic  # noqa: E402
 from lmtune.errors import ConfigError, LmtuneError  # noqa: E402
-from lmtune.infer.engine import SamplingParams as SamplingDefaults  # noqa: E402
+from lmtune.generation import SamplingParams as SamplingDefaults  # noqa: E402
 
 
 def cmd_train(args) -> None:

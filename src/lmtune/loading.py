@@ -69,7 +69,7 @@ def attach_reference(loaded: "Loaded", base=None) -> None:
     Adapter methods need none: their reference is the same model with the adapter switched off.
     `base`: the starting model, when the trained one is what was loaded (evaluating a finished run)."""
     task, cfg = loaded.task, loaded.cfg
-    if not task.uses_reference or METHODS.get(cfg.method.name).saves != "model":
+    if not task.needs_reference(cfg) or METHODS.get(cfg.method.name).saves != "model":
         return
     if base is None:
         base = copy.deepcopy(loaded.model)
@@ -104,7 +104,7 @@ def _load_run(run: RunDir, quantized: bool, dtype: Optional[torch.dtype]) -> Loa
         model = task.prepare(load_model(str(saved), cfg.model, dtype or weights_dtype(cfg.model.dtype, precision, False), spec=spec,
                                         strict=True))
         load_task_layers(model, saved, task.extra_layers)
-        if task.uses_reference:  # compared with the model it started from, not with itself
+        if task.needs_reference(cfg):  # compared with the model it started from, not with itself
             base = load_model(resolve_model_path(cfg.model), cfg.model, hardware.DTYPES[precision], spec=spec)
             attach_reference(Loaded(cfg, model, tokenizer, task, precision), base.to(hardware.device()))
     else:

@@ -65,10 +65,18 @@ class Unpaired(TypedDict):
     label: bool
 
 
+class Prompt(TypedDict):
+    """A prompt alone (the model writes the answers: GRPO), with the row's other fields, which
+    reward functions read (the right label, the expected number ...)."""
+
+    prompt: list[dict]
+    fields: dict
+
+
 # Every family; a new one is a TypedDict above and its name here.
-FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords, Preference, Unpaired)
+FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords, Preference, Unpaired, Prompt)
 # Stored as JSON text in a datasets row.
-JSON_FIELDS = ("messages", "segments", "words", "tags", "prompt", "chosen", "rejected", "completion")
+JSON_FIELDS = ("messages", "segments", "words", "tags", "prompt", "chosen", "rejected", "completion", "fields")
 
 
 def columns(family: type) -> list[str]:

@@ -74,11 +74,8 @@ def with_system(messages: list[dict[str, Any]], cfg: DataConfig) -> list[dict[st
     return messages
 
 
-@register_format("classification", LabelledText)
-def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
-    text = text_field(row, loc, cfg, "text")
-    label = parse_label(row.get(column(cfg, "label")), loc, cfg)
-
+def fill_prompt(row: dict[str, Any], loc: str, cfg: DataConfig, text: str) -> str:
+    """data.prompt with its {placeholders} filled from the row ({text}: the row's text field)."""
     def fill(match: re.Match) -> str:
         name = match.group(1)
         if name == "text":
@@ -88,7 +85,14 @@ def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
             raise DataError(f"{loc}: data.prompt uses {{{name}}} but the row has no field {column(cfg, name)!r}")
         return str(value)
 
-    prompt = _PLACEHOLDER.sub(fill, cfg.prompt)
+    return _PLACEHOLDER.sub(fill, cfg.prompt)
+
+
+@register_format("classification", LabelledText)
+def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
+    text = text_field(row, loc, cfg, "text")
+    label = parse_label(row.get(column(cfg, "label")), loc, cfg)
+    prompt = fill_prompt(row, loc, cfg, text)
     pair = text_field(row, loc, cfg, "text_pair", required=False)
     return LabelledText(text=prompt, pair=pair, label=label, messages=with_system([{"role": "user", "content": prompt}], cfg))
 

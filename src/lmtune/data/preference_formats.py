@@ -1,5 +1,6 @@
-"""Preference data as typed examples: two answers to one prompt, one preferred (`preference`:
-DPO, ORPO, SimPO), and single answers marked good or bad (`unpaired`: KTO).
+"""Data for learning from preferences and rewards, as typed examples: two answers to one prompt,
+one preferred (`preference`: DPO, ORPO, SimPO), single answers marked good or bad (`unpaired`:
+KTO), and prompts alone, whose answers the model writes and reward functions score (`prompts`: GRPO).
 
 `preference` rows are {prompt, chosen, rejected} (column names configurable with data.columns).
 Each may be text or a list of chat messages, in three shapes:
@@ -15,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lmtune.data.examples import Preference, Unpaired
-from lmtune.data.formats import ROLES, _mapping_hint, check_conversation, column, register_format, with_system
+from lmtune.data.examples import Preference, Prompt, Unpaired
+from lmtune.data.formats import ROLES, _mapping_hint, check_conversation, column, fill_prompt, register_format, with_system
 from lmtune.errors import DataError
 from lmtune.sections import DataConfig
 
@@ -118,3 +119,22 @@ def unpaired(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     check_answer(completion, loc, names["completion"])
     check_conversation(prompt + completion, loc, names["prompt"])
     return Unpaired(prompt=with_system(prompt, cfg), completion=completion, label=parse_bool(row[names["label"]], loc, names["label"]))
+
+
+@register_format("prompts", Prompt)
+def prompts(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
+    """A prompt (text or messages, column `prompt`; without one, data.prompt filled from the row's
+    fields, as for classification) and every field of the row, for the reward functions."""
+    name = column(cfg, "prompt")
+    if row.get(name) is not None:
+        prompt = as_messages(row[name], loc, name, "user")
+    else:
+        text = row.get(column(cfg, "text"))
+        prompt = [{"role": "user", "content": fill_prompt(row, loc, cfg, text if isinstance(text, str) else "")}]
+        if not prompt[0]["content"].strip():
+            raise DataError(f"{loc}: no prompt: the row has no {name!r} field and data.prompt gives an empty text"
+                            f"{_mapping_hint('prompt', name)}")
+    if prompt[-1]["role"] != "user":
+        raise DataError(f"{loc}: the prompt must end with a user turn (the model answers it)")
+    check_conversation(prompt + [{"role": "assistant", "content": "."}], loc, name)
+    return Prompt(prompt=with_system(prompt, cfg), fields={k: v for k, v in row.items() if k != name})

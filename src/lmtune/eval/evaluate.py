@@ -11,7 +11,7 @@ from lmtune.atomic import write_text_atomic
 from lmtune.data.dataset import Split, load_examples, read_validation, tokenize_split
 from lmtune.errors import ConfigError
 from lmtune.eval.text_metrics import exact_match, rouge_l
-from lmtune.infer.engine import Engine, SamplingParams
+from lmtune.generation import Engine, SamplingParams
 from lmtune.loading import load_for_inference
 from lmtune.run_dir import RunDir
 

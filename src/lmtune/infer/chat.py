@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from lmtune.infer.engine import Engine, SamplingParams
+from lmtune.generation import Engine, SamplingParams
 
 HELP = "lmtune chat: type a message; /reset clears the conversation, /exit quits"
 

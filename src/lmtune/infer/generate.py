@@ -8,7 +8,7 @@ from pathlib import Path
 from lmtune.data.sources import read_rows
 from lmtune.data.templates import Renderer
 from lmtune.errors import DataError
-from lmtune.infer.engine import Engine, SamplingParams
+from lmtune.generation import Engine, SamplingParams
 from lmtune.atomic import write_text_atomic
 
 

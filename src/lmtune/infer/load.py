@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtune.errors import ConfigError
-from lmtune.infer.engine import Engine
+from lmtune.generation import Engine
 from lmtune.loading import Loaded, load_for_inference
 from lmtune.methods import METHODS
 from lmtune.run_dir import RunDir

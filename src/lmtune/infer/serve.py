@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Optional, Union
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.infer.engine import Engine, SamplingParams
+from lmtune.generation import Engine, SamplingParams
 
 
 class Message(BaseModel):

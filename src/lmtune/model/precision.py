@@ -3,6 +3,8 @@ are held in. Training, evaluation, serving, the planner and the reference model 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from lmtune import hardware
@@ -22,3 +24,14 @@ def weights_dtype(requested: str, precision: str, base_frozen: bool) -> torch.dt
     if requested != "auto":
         return hardware.DTYPES[requested]
     return hardware.DTYPES[precision] if base_frozen and precision != "fp32" else torch.float32
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast, as the Trainer uses during training; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=hardware.DTYPES[precision])
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device

@@ -41,10 +41,10 @@ def batch_of(cfg: Config, stats: dict | None) -> Batch:
     virtual = getattr(cfg.method, "num_virtual_tokens", 0) if METHODS.get(cfg.method.name).virtual_tokens == "sequence" else 0
     length = cfg.data.max_length
     task = TASKS.get(cfg.task.name)
-    size = cfg.train.batch_size * task.sequences_per_row  # a preference pair is two sequences
+    size = cfg.train.batch_size * task.sequences_per_row(cfg)  # a preference pair is two sequences
     if stats:
         return Batch(size, stats["max"], stats["mean"], stats["targets"], virtual, stats["padded"])
-    return Batch(size, length, length, task.targets_per_row(length), virtual)
+    return Batch(size, length, length, task.targets_per_row(cfg), virtual)
 
 
 def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int | None, rate: Rate | None,
@@ -56,14 +56,14 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
                   lora_dropout=getattr(cfg.method, "dropout", 0.0))
     plain = memory(shape, name, trainable, batch, checkpointing=False, **kwargs)
     checkpointed = memory(shape, name, trainable, batch, checkpointing=True, **kwargs)
-    reference = reference_cost(cfg, shape, batch, precision)
+    extra = task_extra_cost(cfg, shape, batch, precision)
     for m in (plain, checkpointed):
-        m.weights += reference.weights
+        m.weights += extra.weights
     t = cfg.train
     steps = math.ceil(rows / (t.batch_size * t.grad_accum)) if rows else 0
     seconds = None
     if rate is not None and rows:
-        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) + reference.flops
+        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) + extra.flops
         if rate.step_s is None:
             micro = flops / rate.flops_per_s
         else:  # the step timed for the configured method, scaled to this method's (and checkpointing's) FLOPs
@@ -75,19 +75,26 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
 
 
 @dataclass
-class ReferenceCost:
+class ExtraCost:
     weights: float = 0.0  # bytes of a frozen copy of the model
-    flops: float = 0.0  # per micro-batch: its forward pass
+    flops: float = 0.0  # per micro-batch, besides the training step: forward passes
 
 
-def reference_cost(cfg: Config, shape: ModelShape, batch: Batch, precision: str) -> ReferenceCost:
-    """A task that compares with a reference model (DPO) runs it forward on every batch; methods
-    that train the base keep a frozen 16-bit copy of it (adapter methods switch the adapter off)."""
-    if not TASKS.get(cfg.task.name).uses_reference:
-        return ReferenceCost()
-    copy = shape.total_params * (4 if precision == "fp32" else 2) if METHODS.get(cfg.method.name).saves == "model" else 0.0
-    forward = batch.size * batch.computed_length * 2 * shape.block_params + batch.size * batch.targets * 2 * shape.head_params
-    return ReferenceCost(copy, forward)
+def task_extra_cost(cfg: Config, shape: ModelShape, batch: Batch, precision: str) -> ExtraCost:
+    """What a task runs besides its training step. A task that compares with a reference model (DPO)
+    runs it forward on every batch, and methods that train the base keep a frozen 16-bit copy of it
+    (adapter methods switch the adapter off). GRPO generates its answers first: one forward per
+    generated token, through the blocks and the LM head (a lower bound: decoding on a CPU reaches
+    less of the machine's rate than training does)."""
+    task = TASKS.get(cfg.task.name)
+    extra = ExtraCost()
+    if task.needs_reference(cfg):
+        if METHODS.get(cfg.method.name).saves == "model":
+            extra.weights = shape.total_params * (4 if precision == "fp32" else 2)
+        extra.flops += batch.size * batch.computed_length * 2 * shape.block_params + batch.size * batch.targets * 2 * shape.head_params
+    generated = task.generated_tokens_per_row(cfg) * cfg.train.batch_size
+    extra.flops += generated * 2 * (shape.block_params + shape.head_params)
+    return extra
 
 
 def with_method(cfg: Config, name: str) -> Config:
@@ -140,11 +147,18 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
     from lmtune.training.prepare import read_data, tokenize_splits
 
     splits = {"train": read_data(cfg)["train"]}  # as `lmtune train` reads and tokenises it
-    ds, info = tokenize_splits(cfg, splits, tokenizer, make_task(cfg, tokenizer))["train"]
+    task = make_task(cfg, tokenizer)
+    ds, info = tokenize_splits(cfg, splits, tokenizer, task)["train"]
     # A row's sequences (a preference pair: chosen and rejected) are padded together; per sequence below.
-    sequences = [("input_ids", "labels")] + ([("rejected_input_ids", "rejected_labels")] if "rejected_input_ids" in ds.column_names else [])
-    targets = sum(count_targets(ds[labels]) for _, labels in sequences) / len(sequences)
-    per_sequence = [[len(ids) for ids in ds[column]] for column, _ in sequences]
+    sequences = [(ids, labels) for ids, labels in (("input_ids", "labels"), ("rejected_input_ids", "rejected_labels"))
+                 if labels in ds.column_names]
+    if sequences:
+        answer = 0
+        targets = sum(count_targets(ds[labels]) for _, labels in sequences) / len(sequences)
+    else:  # prompts alone (GRPO): the model writes the answers, up to their longest
+        answer = task.targets_per_row(cfg)
+        sequences, targets = [("input_ids", None)], answer * info.rows
+    per_sequence = [[len(ids) + answer for ids in ds[column]] for column, _ in sequences]
     lengths = [max(row) for row in zip(*per_sequence)]
     mean = sum(map(sum, per_sequence)) / (len(sequences) * max(info.rows, 1))
     computed = mean if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding

@@ -128,7 +128,7 @@ def _step_seconds(model, batch: Batch, length: int, precision: str, seconds: flo
     would: otherwise the lowest block would skip its input gradients, which every other block computes."""
     import torch.nn.functional as F
 
-    from lmtune.tasks.base import autocast
+    from lmtune.model.precision import autocast
 
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)

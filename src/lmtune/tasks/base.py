@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -12,7 +11,7 @@ from lmtune.data.collate import PackCollator, PadCollator
 from lmtune.data.formats import FORMATS
 from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import IGNORE, TRUNCATED
-from lmtune.hardware import DTYPES
+from lmtune.model.precision import autocast, model_device  # noqa: F401  (where tasks used to keep them)
 from lmtune.methods import AddedModules, virtual_tokens_in_sequence
 from lmtune.model.load import CAUSAL_LM, ModelSpec
 from lmtune.registry import Registry
@@ -32,17 +31,6 @@ def register_task(name: str):
         return TASKS.register(name)(cls)
 
     return add
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast, as the Trainer uses during training; nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
@@ -92,8 +80,7 @@ class Task:
     why_not_packed = "predicts per row"  # said when packing is refused
     can_distill = False  # a teacher's outputs can be compared with the student's (distill section)
     head_modules: tuple[str, ...] = ()  # a new head the task puts on the model: always trained, never quantised
-    sequences_per_row = 1  # sequences a training row becomes (a preference pair: 2); the planner
-    uses_reference = False  # a frozen reference model is run on every row (DPO); the planner
+    uses_reference = False  # a reference model is run on every row (DPO): see needs_reference
 
     @classmethod
     def spec(cls, cfg: "Config") -> ModelSpec:
@@ -120,10 +107,25 @@ class Task:
             raise ValueError(f"train.metric_for_best: task {cls.name} reports {', '.join(cls.metrics)}, not {metric!r}")
 
     @classmethod
-    def targets_per_row(cls, max_length: int) -> float:
-        """Positions with a loss in a row of max_length tokens, for the planner before the data is
-        read: about half of them (an answer after its prompt)."""
-        return max_length / 2
+    def targets_per_row(cls, cfg: "Config") -> float:
+        """Positions with a loss in a sequence of data.max_length tokens, for the planner before the
+        data is read: about half of them (an answer after its prompt)."""
+        return cfg.data.max_length / 2
+
+    @classmethod
+    def sequences_per_row(cls, cfg: "Config") -> int:
+        """Sequences the model computes for one training row (a preference pair: 2; GRPO: its answers)."""
+        return 1
+
+    @classmethod
+    def generated_tokens_per_row(cls, cfg: "Config") -> int:
+        """Tokens the model generates for a training row before learning from it (GRPO's answers)."""
+        return 0
+
+    @classmethod
+    def needs_reference(cls, cfg: "Config") -> bool:
+        """Whether a reference model is run on every batch (loading.attach_reference, the planner)."""
+        return cls.uses_reference
 
     @property
     def extra_layers(self) -> tuple[str, ...]:
@@ -195,7 +197,7 @@ class Task:
         try:
             with autocast(device, precision):
                 for batch in self.batches(dataset, batch_size):
-                    yield {k: v.to(device) for k, v in batch.items()}
+                    yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         finally:
             model.train(was_training)
 

@@ -71,7 +71,6 @@ class KtoTask(PairTask):
     metric_for_summary = "margin"
     why_not_packed = "compares each answer with another prompt's, batched side by side"
     uses_reference = True
-    sequences_per_row = 2  # each answer, and a prompt with another row's answer (no gradient)
 
     @classmethod
     def check(cls, cfg):

@@ -43,7 +43,7 @@ class LabelTokensTask(Task):
             raise ValueError("task.label_words needs one word per entry of data.labels")
 
     @classmethod
-    def targets_per_row(cls, max_length):
+    def targets_per_row(cls, cfg):
         return 1  # the label word
 
     def __init__(self, cfg, tokenizer, renderer):

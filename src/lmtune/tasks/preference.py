@@ -87,8 +87,10 @@ class PairTask(Task):
     metric_for_summary = "reward_accuracy"
     can_pack = False
     why_not_packed = "compares two answers to one prompt, batched side by side"
-    sequences_per_row = 2  # the planner: a pair is two sequences
-    uses_reference = False  # a reference model is run on every pair (DPO); the planner counts it
+
+    @classmethod
+    def sequences_per_row(cls, cfg):
+        return 2  # chosen and rejected (KTO: an answer, and the prompt with another row's answer)
 
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)

@@ -133,14 +133,18 @@ def train(cfg: Config, resume: Optional[str] = None, reporters: Optional[list] =
 
 def _record_failure(run: RunDir, reporter: Reporters, error: BaseException) -> None:
     """status "failed" and a failed event with the error (and, for errors that are not the user's,
-    the traceback), so a run list and a web page can show why."""
-    user_error = isinstance(error, LmtuneError)
-    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))  # a signal outside the training steps
-    message = "stopped by a signal outside the training steps (no checkpoint saved)" if stopped else str(error) or type(error).__name__
+    the traceback), so a run list and a web page can show why. A signal outside the training steps
+    (while loading, or saving) is an interruption without a checkpoint, not a failure."""
+    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
     try:
-        run.set_status(INTERRUPTED if stopped else FAILED, error=message)
+        if stopped:
+            run.set_status(INTERRUPTED, error="stopped by a signal outside the training steps (no checkpoint saved)")
+            reporter.emit({"event": "interrupted", "step": run.status().step, "checkpoint": None, "reason": "signal"})
+            return
+        message = str(error) or type(error).__name__
+        run.set_status(FAILED, error=message)
         reporter.emit({"event": "failed", "error": message, "error_type": type(error).__name__,
-                       "traceback": None if user_error or stopped else "".join(traceback.format_exception(error))})
+                       "traceback": None if isinstance(error, LmtuneError) else "".join(traceback.format_exception(error))})
     except Exception:  # the run directory itself is unwritable: the original error matters more
         pass
 

@@ -1,6 +1,7 @@
-"""Text generation for a loaded run: prompts rendered exactly as in training, batched with left
-padding, greedy or sampled, streamed, cut at stop strings. One lock serialises the model, so
-concurrent callers (the server) never interleave inside it."""
+"""Text generation with a model as it was trained: prompts rendered exactly as in training, batched
+with left padding, greedy or sampled, streamed, cut at stop strings. One lock serialises the model,
+so concurrent callers (the server) never interleave inside it. `lmtune generate`, `chat`, `serve`
+and `eval` use it, and so does GRPO while it trains (it samples the answers it learns from)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from lmtune.data.templates import Renderer
 from lmtune.data.tokenize import bos_prefix
-from lmtune.tasks.base import autocast, model_device
+from lmtune.model.precision import autocast, model_device
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    ids: list[int] = field(default_factory=list)  # the generated tokens, the EOS that ended them included
 
 
 class Engine:
@@ -167,11 +169,12 @@ class Engine:
             new = new[: new.index(eos)]
         while new and new[-1] == pad and pad != eos:
             new = new[:-1]
+        generated = new + [eos] if ended else new  # what the model produced, its EOS included (GRPO trains on it)
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         cut = _first_stop(text, params.stop)
         if cut is not None:
             text, ended = text[:cut], True
-        return Completion(text, len(prompt), len(new), "stop" if ended else "length")
+        return Completion(text, len(prompt), len(new), "stop" if ended else "length", generated)
 
 
 def _first_stop(text: str, stops: list[str]) -> Optional[int]:
