@@ -82,3 +82,38 @@ def test_a_tiny_model_learns_what_its_reward_asks(tmp_path, tiny_llama):
     assert {"reward", "reward_std", "reward_e_share", "completion_length", "frac_reward_zero_std"} <= set(logged[0])
     first, last = [r["reward"] for r in logged[:6]], [r["reward"] for r in logged[-6:]]
     assert sum(last) / 6 > sum(first) / 6 + 0.1, (first, last)
+
+
+def test_answers_sharing_their_prompt_give_the_loss_and_gradients_of_one_row_each(tmp_path, tiny_llama):
+    """GRPO's step with each prompt computed once for its group equals the step with a row per
+    answer: same sampled answers (same seed), same loss, same gradients."""
+    from lmtune.data.examples import to_row
+    from lmtune.loading import attach_reference, load_for_training
+
+    rewards = tmp_path / "letters.py"
+    rewards.write_text("def e_share(prompts, completions, **fields):\n"
+                       "    return [c.count('e') / max(len(c), 1) for c in completions]\n")
+    prompts = [{"prompt": f"Say something about film {i}.", "fields": {}} for i in range(3)]
+    results = []
+    for share in (True, False):
+        cfg = load_config(None, [f"model.name={tiny_llama}", "task.name=grpo", "method.name=full", "data.format=prompts",
+                                 f"task.rewards=[{rewards}:e_share]", "task.num_generations=5", "task.max_completion_length=8",
+                                 "data.max_length=48", "train.precision=fp32", f"task.share_prompt={str(share).lower()}",
+                                 "task.beta=0.1"])
+        loaded = load_for_training(cfg)
+        task, model = loaded.task, loaded.model
+        attach_reference(loaded)
+        assert task.share_prompt is share
+        rows = [to_row({"prompt": [{"role": "user", "content": p["prompt"]}], "fields": p["fields"]}) for p in prompts]
+        encoded = task.encode({k: [r[k] for r in rows] for k in rows[0]})
+        batch = task.collator()([{"input_ids": ids, "fields": f} for ids, f in zip(encoded["input_ids"], encoded["fields"])])
+        torch.manual_seed(0)
+        model.train()
+        loss, count = task.loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), count, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (shared, n1, grads1), (separate, n2, grads2) = results
+    assert n1 == n2 == 15 and any(g.abs().sum() > 0 for g in grads1)
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads1, grads2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

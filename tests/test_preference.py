@@ -294,3 +294,15 @@ def test_the_planner_counts_pairs_the_reference_and_grpo_answers():
     assert dpo_lora.memory.activations == pytest.approx(2 * planned().memory.activations)  # two sequences per pair
     grpo = planned("task.name=grpo", "data.format=prompts", "task.rewards=[brevity]", "task.num_generations=8")
     assert grpo.memory.activations == pytest.approx(8 * planned().memory.activations)
+
+
+def test_the_planner_measures_pairs_with_their_prompt_once(tmp_path, llama_tokenizer):
+    from lmtune.plan.command import data_stats
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    stats = {share: data_stats(load_config(None, ["task.name=dpo", "data.format=preference", f"data.train={data}",
+                                                  f"task.share_prompt={share}", "train.batch_size=4"]), llama_tokenizer)
+             for share in ("true", "false")}
+    shared, separate = stats["true"], stats["false"]
+    assert shared["targets"] == pytest.approx(2 * separate["targets"])  # both answers' targets in the one row
+    assert separate["mean"] < shared["mean"] < 2 * separate["mean"]  # the prompt counted once, not twice

@@ -42,9 +42,10 @@ def batch_of(cfg: Config, stats: dict | None) -> Batch:
     length = cfg.data.max_length
     task = TASKS.get(cfg.task.name)
     size = cfg.train.batch_size * task.sequences_per_row(cfg)  # a preference pair is two sequences
-    if stats:
+    if stats:  # ... unless its prompt is shared: then one row holds both answers (data_stats measured it)
+        size = cfg.train.batch_size if task.shares_prompt(cfg) else size
         return Batch(size, stats["max"], stats["mean"], stats["targets"], virtual, stats["padded"])
-    return Batch(size, length, length, task.targets_per_row(cfg), virtual)
+    return Batch(size, length, length, task.targets_per_row(cfg), virtual)  # without data: the longest each can be
 
 
 def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int | None, rate: Rate | None,
@@ -159,12 +160,27 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
         answer = task.targets_per_row(cfg)
         sequences, targets = [("input_ids", None)], answer * info.rows
     per_sequence = [[len(ids) + answer for ids in ds[column]] for column, _ in sequences]
+    if task.shares_prompt(cfg):  # one row per prompt: the prompt once, then each of its answers
+        per_sequence = [shared_lengths(ds, sequences, task.sequences_per_row(cfg), answer)]
+        targets *= task.sequences_per_row(cfg)  # every answer's targets are in the one row
+        sequences = sequences[:1]
     lengths = [max(row) for row in zip(*per_sequence)]
     mean = sum(map(sum, per_sequence)) / (len(sequences) * max(info.rows, 1))
     computed = mean if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
         lengths, cfg.train.batch_size, cfg.train.group_by_length, cfg.train.seed)
     return {"rows": info.rows, "tokens": info.tokens, "max": max(lengths), "mean": round(mean, 1),
             "padded": computed, "targets": targets / max(info.rows, 1)}
+
+
+def shared_lengths(ds, sequences: list[tuple[str, str | None]], answers: int, answer_length: int) -> list[int]:
+    """Each row's length with its prompt computed once: a pair's common prompt and both answers;
+    a GRPO prompt and its `answers` answers of up to `answer_length` tokens."""
+    from lmtune.tasks.shared_prefix import common_prefix
+
+    if answer_length:
+        return [len(ids) + answers * answer_length for ids in ds["input_ids"]]
+    groups = zip(*[list(zip(ds[ids], ds[labels])) for ids, labels in sequences])  # per row: ((ids, labels) per answer)
+    return [sum(len(ids) for ids, _ in group) - (len(group) - 1) * common_prefix(list(group)) for group in groups]
 
 
 def plan(cfg: Config, compare: bool = False, throughput: float | None = None, config=None, tokenizer=None,

@@ -123,6 +123,11 @@ class Task:
         return 0
 
     @classmethod
+    def shares_prompt(cls, cfg: "Config") -> bool:
+        """Whether a row's answers are computed after one copy of their prompt (tasks/shared_prefix.py)."""
+        return False
+
+    @classmethod
     def needs_reference(cls, cfg: "Config") -> bool:
         """Whether a reference model is run on every batch (loading.attach_reference, the planner)."""
         return cls.uses_reference

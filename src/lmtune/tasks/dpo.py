@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from lmtune.tasks.base import TaskOptions, register_task
-from lmtune.tasks.preference import PairTask
+from lmtune.tasks.base import register_task
+from lmtune.tasks.preference import PairTask, SharesPrompt
 
 
-class DpoOptions(TaskOptions):
+class DpoOptions(SharesPrompt):
     """Direct preference optimisation against a reference model."""
 
     name: Literal["dpo"] = "dpo"

@@ -31,12 +31,13 @@ from lmtune.data.collate import PadCollator
 from lmtune.data.examples import Prompt, from_batch
 from lmtune.data.tokenize import IGNORE, clip_chat, text_budget, tokenize_segments
 from lmtune.generation import Engine, SamplingParams
-from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
-from lmtune.tasks.preference import Running
+from lmtune.tasks.base import Task, register_task, target_logits
+from lmtune.tasks.preference import Running, SharesPrompt
+from lmtune.tasks.shared_prefix import SharedPrefixCollator, can_share_prefix, shared_prefix_logits
 from lmtune.tasks.rewards import is_reference, load_reward
 
 
-class GrpoOptions(TaskOptions):
+class GrpoOptions(SharesPrompt):
     """Answers sampled from the model, scored by reward functions, learnt from relative to their group."""
 
     name: Literal["grpo"] = "grpo"
@@ -136,6 +137,10 @@ class GrpoTask(Task):
         return cfg.task.num_generations
 
     @classmethod
+    def shares_prompt(cls, cfg):
+        return cfg.task.share_prompt and can_share_prefix(cfg)
+
+    @classmethod
     def needs_reference(cls, cfg):
         return cfg.task.beta > 0
 
@@ -151,6 +156,7 @@ class GrpoTask(Task):
         self.weights = torch.tensor(o.reward_weights or [1.0] * len(o.rewards))
         self.running = Running()
         self.reference = None  # the frozen starting model, when beta > 0 and the method trains the base
+        self.share_prompt = self.shares_prompt(cfg)
 
     def encode(self, batch):
         """The prompt rendered up to where the answer starts, cut from the left to leave room for it."""
@@ -199,11 +205,31 @@ class GrpoTask(Task):
             table.append([float("nan") if v is None else float(v) for v in values])
         return torch.tensor(table, dtype=torch.float32).T
 
-    def token_logps(self, model, batch: dict, virtual_tokens: int | None = None) -> torch.Tensor:
-        """Log-probs of the answer tokens at the sampling temperature (one per target, in order)."""
-        logits, targets = target_logits(model, batch, virtual_tokens)
+    def answers_batch(self, prompts: list[list[int]], completions: list) -> dict[str, torch.Tensor]:
+        """The non-empty answers with their prompts: one row per prompt (the prompt once, then its
+        answers) or one row per answer; `answer_of` numbers each target token's answer."""
+        rows = [(p, c.ids) for p, c in zip(prompts, completions) if c.ids]
+        as_rows = [(p + ids, [IGNORE] * len(p) + ids) for p, ids in rows]
+        if self.share_prompt:
+            groups, last = [], None
+            for (p, _), row in zip(rows, as_rows):  # answers come grouped by prompt, in order
+                if p is not last:
+                    groups.append([])
+                    last = p
+                groups[-1].append(row)
+            return SharedPrefixCollator(self.tokenizer.pad_token_id)(groups)
+        batch = PadCollator(self.tokenizer.pad_token_id)([{"input_ids": ids, "labels": labels} for ids, labels in as_rows])
+        batch["answer_of"] = torch.nonzero(batch["labels"][:, 1:] != IGNORE)[:, 0]  # in target_logits' order
+        return batch
+
+    def token_logps(self, model, batch: dict, virtual_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs of the answer tokens at the sampling temperature, each token's answer)."""
+        if "target_answer" in batch:
+            logits, targets, answer_of = shared_prefix_logits(model, batch)
+        else:
+            (logits, targets), answer_of = target_logits(model, batch, virtual_tokens), batch["answer_of"]
         logps = F.log_softmax(logits / self.cfg.task.temperature, dim=-1)
-        return torch.gather(logps, 1, targets[:, None]).squeeze(1)
+        return torch.gather(logps, 1, targets[:, None]).squeeze(1), answer_of
 
     def loss(self, model, inputs):
         o = self.cfg.task
@@ -212,26 +238,25 @@ class GrpoTask(Task):
         per_function = self.score(prompts, completions, inputs["fields"], o.num_generations)
         rewards = combine(per_function, self.weights)
         advantage = advantages(rewards, o.num_generations, o.scale_rewards).to(inputs["input_ids"].device)
-        rows = [{"input_ids": p + c.ids, "labels": [IGNORE] * len(p) + c.ids} for p, c in zip(prompts, completions)
-                if c.ids]
         kept = torch.tensor([bool(c.ids) for c in completions], device=advantage.device)
-        batch = {k: v.to(advantage.device) for k, v in PadCollator(self.tokenizer.pad_token_id)(rows).items()}
-        logps = self.token_logps(model, batch)
-        next_labels = batch["labels"][:, 1:]
-        row_of = torch.nonzero(next_labels != IGNORE)[:, 0]  # the answer each token belongs to
+        if not kept.any():  # every answer ended at once: nothing to learn from this batch
+            return torch.zeros((), device=advantage.device, requires_grad=True), len(completions)
+        batch = {k: v.to(advantage.device) for k, v in self.answers_batch(prompts, completions).items()}
+        logps, row_of = self.token_logps(model, batch)  # row_of: the answer each token belongs to
+        answers = int(kept.sum())
         token_advantage = advantage[kept][row_of]
         ratio = torch.exp(logps - logps.detach())  # one update per set of answers: 1, with the policy's gradient
         per_token = -torch.min(ratio * token_advantage, torch.clamp(ratio, 1 - o.epsilon, 1 + o.epsilon) * token_advantage)
         kl = None
         if o.beta > 0:
             with torch.no_grad():
-                reference = self.reference_token_logps(model, batch)
+                reference = self.reference_token_logps(model, batch)[0]
             kl = (torch.exp(reference - logps) - (reference - logps) - 1) * ratio
             per_token = per_token + o.beta * kl
         n = len(completions)
-        lengths = torch.bincount(row_of, minlength=len(rows)).float()
+        lengths = torch.bincount(row_of, minlength=answers).float()
         if o.loss == "grpo":  # each answer's token mean, summed (the trainer divides by the answers)
-            total = (torch.zeros(len(rows), device=per_token.device).index_add(0, row_of, per_token) / lengths.clamp(min=1)).sum()
+            total = (torch.zeros(answers, device=per_token.device).index_add(0, row_of, per_token) / lengths.clamp(min=1)).sum()
         elif o.loss == "bnpo":
             total = per_token.sum() / max(per_token.numel(), 1) * n
         else:  # dr_grpo
@@ -242,7 +267,7 @@ class GrpoTask(Task):
                          **({"kl": kl.detach()} if kl is not None else {}))
         return total, n
 
-    def reference_token_logps(self, model, batch) -> torch.Tensor:
+    def reference_token_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference is not None:
             return self.token_logps(self.reference, batch)
         with model.disable_adapter():

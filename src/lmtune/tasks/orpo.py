@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from lmtune.tasks.base import TaskOptions, register_task
-from lmtune.tasks.preference import PairTask
+from lmtune.tasks.base import register_task
+from lmtune.tasks.preference import PairTask, SharesPrompt
 
 
-class OrpoOptions(TaskOptions):
+class OrpoOptions(SharesPrompt):
     """SFT on the chosen answer plus an odds-ratio preference term; no reference model."""
 
     name: Literal["orpo"] = "orpo"

@@ -1,7 +1,8 @@
 """Preference tuning on pairs of answers: DPO (with the sigmoid, IPO, hinge and robust losses),
 ORPO and SimPO. What they share lives here: encoding a pair (the prompt rendered once, each
 answer's tokens the targets, one BOS, the answer's turn terminator trained), batching the pairs as
-2B rows (chosen, then rejected), each answer's log-probability from the LM head run at its tokens
+one row per pair (the prompt once, then both answers: tasks/shared_prefix.py) or 2B rows
+(chosen, then rejected) where the model cannot share, each answer's log-probability from the LM head run at its tokens
 only, the reference model, and the metrics (reward accuracy, margins, log-probs).
 
 Log-probabilities, as TRL computes them: the sum over an answer's tokens of log p(token | what
@@ -15,11 +16,20 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from lmtune.data.collate import PadCollator
 from lmtune.data.examples import Preference, from_batch
 from lmtune.data.tokenize import IGNORE, clip_chat, text_budget, tokenize_segments, truncate
-from lmtune.tasks.base import Task, target_logits
+from lmtune.tasks.base import Task, TaskOptions, target_logits
+from lmtune.tasks.shared_prefix import SharedPrefixCollator, can_share_prefix, shared_prefix_logits
+
+
+class SharesPrompt(TaskOptions):
+    """The option of the tasks whose answers share a prompt (pairs, GRPO's groups)."""
+
+    share_prompt: bool = Field(True, description="compute a prompt once for all its answers (one row: the prompt, "
+                               "then each answer); false: one row per answer. Off anyway for prompt methods and flash attention")
 
 
 def answer_segments(renderer, prompt: list[dict], answer: list[dict]) -> list[tuple[str, bool]]:
@@ -36,25 +46,34 @@ def answer_segments(renderer, prompt: list[dict], answer: list[dict]) -> list[tu
 
 
 def sequence_logps(model, inputs: dict, virtual_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per row: the sum of log p over its target tokens, per row: how many target tokens). The LM
-    head runs only at the target positions (tasks/base.py:target_logits)."""
-    logits, targets = target_logits(model, inputs, virtual_tokens)
+    """(per answer: the sum of log p over its target tokens, per answer: how many target tokens),
+    chosen answers first, then rejected. The LM head runs only at the target positions."""
+    if "target_answer" in inputs:  # one row per pair: answers numbered chosen, rejected, chosen, ...
+        logits, targets, answers = shared_prefix_logits(model, inputs)
+        n = int(inputs["answers"])
+        answers = answers % 2 * (n // 2) + answers // 2  # chosen ones first
+    else:
+        logits, targets = target_logits(model, inputs, virtual_tokens)
+        next_labels = inputs["labels"][:, 1:]
+        answers = torch.nonzero(next_labels != IGNORE)[:, 0]  # the row of each target, in target_logits' order
+        n = inputs["labels"].shape[0]
     token_logps = torch.gather(F.log_softmax(logits, dim=-1), 1, targets[:, None]).squeeze(1)
-    next_labels = inputs["labels"][:, 1:]
-    rows = torch.nonzero(next_labels != IGNORE)[:, 0]  # the row of each target, in target_logits' order
-    n = inputs["labels"].shape[0]
-    sums = token_logps.new_zeros(n).index_add(0, rows, token_logps)
-    counts = torch.bincount(rows, minlength=n).to(token_logps.dtype)
+    sums = token_logps.new_zeros(n).index_add(0, answers, token_logps)
+    counts = torch.bincount(answers, minlength=n).to(token_logps.dtype)
     return sums, counts
 
 
 class PairCollator:
-    """A batch of pairs as 2B padded rows: the chosen answers, then the rejected ones."""
+    """A batch of pairs as one row each (the prompt, then both answers), or, when the prompt is not
+    shared, as 2B padded rows: the chosen answers, then the rejected ones."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, share_prompt: bool = False):
         self.pad = PadCollator(pad_token_id)
+        self.shared = SharedPrefixCollator(pad_token_id) if share_prompt else None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.shared:
+            return self.shared([[(r["input_ids"], r["labels"]), (r["rejected_input_ids"], r["rejected_labels"])] for r in rows])
         chosen = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
         rejected = [{"input_ids": r["rejected_input_ids"], "labels": r["rejected_labels"]} for r in rows]
         return self.pad(chosen + rejected)
@@ -92,10 +111,15 @@ class PairTask(Task):
     def sequences_per_row(cls, cfg):
         return 2  # chosen and rejected (KTO: an answer, and the prompt with another row's answer)
 
+    @classmethod
+    def shares_prompt(cls, cfg):
+        return getattr(cfg.task, "share_prompt", False) and can_share_prefix(cfg)
+
     def __init__(self, cfg, tokenizer, renderer):
         super().__init__(cfg, tokenizer, renderer)
         self.running = Running()
         self.reference = None  # the frozen starting model, for methods that train the base (loading.attach_reference)
+        self.share_prompt = self.shares_prompt(cfg)
 
     def encode(self, batch):
         budget = text_budget(self.tokenizer, self.cfg.data.max_length)
@@ -114,11 +138,11 @@ class PairTask(Task):
         return out
 
     def collator(self, packing: bool = False):
-        return PairCollator(self.tokenizer.pad_token_id)
+        return PairCollator(self.tokenizer.pad_token_id, self.share_prompt)
 
     def count_items(self, batch: dict) -> int:
         """Pairs in a batch: what the loss is averaged over (not tokens)."""
-        return batch["input_ids"].shape[0] // 2
+        return int(batch["answers"]) // 2 if "answers" in batch else batch["input_ids"].shape[0] // 2
 
     def reference_logps(self, model, inputs) -> torch.Tensor:
         """The reference's log-probs of the answers: the same model with its adapter switched off

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from lmtune.tasks.base import TaskOptions, register_task
-from lmtune.tasks.preference import PairTask
+from lmtune.tasks.base import register_task
+from lmtune.tasks.preference import PairTask, SharesPrompt
 
 
-class SimpoOptions(TaskOptions):
+class SimpoOptions(SharesPrompt):
     """Length-normalised rewards with a target margin; no reference model."""
 
     name: Literal["simpo"] = "simpo"
