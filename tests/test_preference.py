@@ -306,3 +306,31 @@ def test_the_planner_measures_pairs_with_their_prompt_once(tmp_path, llama_token
     shared, separate = stats["true"], stats["false"]
     assert shared["targets"] == pytest.approx(2 * separate["targets"])  # both answers' targets in the one row
     assert separate["mean"] < shared["mean"] < 2 * separate["mean"]  # the prompt counted once, not twice
+
+
+def test_precomputed_reference_logps_train_as_the_live_reference(tmp_path, tiny_llama):
+    """task.precompute_reference: the same losses as running the reference every step, the
+    log-probs cached on disk and read back, and no frozen copy of the model for full fine-tuning."""
+    from lmtune.model.builtin import cache_root
+    from lmtune.training.prepare import prepare
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+
+    def config(method, precompute, out):
+        return load_config(None, [f"model.name={tiny_llama}", f"method.name={method}", "task.name=dpo", "data.format=preference",
+                                  f"data.train={data}", f"data.validation={data}", f"output.dir={out}", "train.max_steps=6",
+                                  "train.lr=5e-3", f"task.precompute_reference={precompute}", "train.seed=0", *FAST])
+
+    losses = {}
+    for precompute in ("false", "true"):
+        out = tmp_path / f"run-{precompute}"
+        metrics = train(config("lora", precompute, out), reporters=[]).metrics
+        losses[precompute] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+        assert metrics["final"]["reward_accuracy"] > 0.5
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4, abs=1e-6)
+    cached = list((cache_root() / "reference_logps").glob("*.json"))
+    assert cached
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    prepared = prepare(config("full", "true", tmp_path / "full"))
+    assert prepared.task.reference is None and "reference_chosen_logp" in prepared.train_data.column_names
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # the tiny model's log-probs read back, not recomputed

@@ -63,7 +63,8 @@ def test_the_layout_of_a_group():
     batch = SharedPrefixCollator(0)([group])
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3]]
-    assert batch["attention_mask"][0, 0, 5].tolist() == [True, True, True, False, False, True]
+    assert batch["shared_mask"][0, 0, 5].tolist() == [True, True, True, False, False, True]
+    assert batch["attention_mask"].tolist() == [[1] * 6]  # what the Trainer counts tokens from
     assert batch["target_at"].tolist() == [2, 3, 2] and batch["target_id"].tolist() == [8, 9, 10]
     assert batch["target_answer"].tolist() == [0, 0, 1] and int(batch["answers"]) == 2
 

@@ -89,7 +89,7 @@ def task_extra_cost(cfg: Config, shape: ModelShape, batch: Batch, precision: str
     less of the machine's rate than training does)."""
     task = TASKS.get(cfg.task.name)
     extra = ExtraCost()
-    if task.needs_reference(cfg):
+    if task.needs_reference(cfg) and not task.reference_precomputed(cfg):  # precomputed: one pass before training
         if METHODS.get(cfg.method.name).saves == "model":
             extra.weights = shape.total_params * (4 if precision == "fp32" else 2)
         extra.flops += batch.size * batch.computed_length * 2 * shape.block_params + batch.size * batch.targets * 2 * shape.head_params

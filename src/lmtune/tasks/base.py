@@ -123,6 +123,11 @@ class Task:
         return 0
 
     @classmethod
+    def reference_precomputed(cls, cfg: "Config") -> bool:
+        """Whether the reference's outputs are computed once before training (tasks/reference_logps.py)."""
+        return False
+
+    @classmethod
     def shares_prompt(cls, cfg: "Config") -> bool:
         """Whether a row's answers are computed after one copy of their prompt (tasks/shared_prefix.py)."""
         return False

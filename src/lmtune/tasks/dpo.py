@@ -32,6 +32,8 @@ class DpoOptions(SharesPrompt):
     loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="sigmoid (DPO), ipo, hinge or robust")
     beta: float = Field(0.1, gt=0, description="how far from the reference the model may move (smaller: further)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: the share of pairs assumed wrongly labelled")
+    precompute_reference: bool = Field(False, description="compute the reference's log-probs of every pair once before "
+                                       "training, cached on disk: no reference pass per step and no frozen copy")
 
 
 def dpo_losses(delta: torch.Tensor, beta: float, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -51,9 +53,22 @@ class DpoTask(PairTask):
     Options = DpoOptions
     uses_reference = True
 
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        if cfg.task.precompute_reference and cfg.data.streaming:
+            raise ValueError("task.precompute_reference reads every pair before training; it cannot with data.streaming")
+
+    @classmethod
+    def reference_precomputed(cls, cfg):
+        return cfg.task.precompute_reference
+
     def pair_losses(self, chosen, rejected, counts, model, inputs):
         o = self.cfg.task
-        ref_chosen, ref_rejected = self.reference_logps(model, inputs).chunk(2)
+        reference = inputs.get("reference_logps")
+        if reference is None:
+            reference = self.reference_logps(model, inputs)
+        ref_chosen, ref_rejected = reference.to(chosen.dtype).chunk(2)
         chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
         if o.loss == "ipo":
             chosen_count, rejected_count = counts.clamp(min=1).chunk(2)

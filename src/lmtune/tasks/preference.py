@@ -22,6 +22,7 @@ from lmtune.data.collate import PadCollator
 from lmtune.data.examples import Preference, from_batch
 from lmtune.data.tokenize import IGNORE, clip_chat, text_budget, tokenize_segments, truncate
 from lmtune.tasks.base import Task, TaskOptions, target_logits
+from lmtune.tasks.reference_logps import batch_reference_logps
 from lmtune.tasks.shared_prefix import SharedPrefixCollator, can_share_prefix, shared_prefix_logits
 
 
@@ -73,10 +74,15 @@ class PairCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if self.shared:
-            return self.shared([[(r["input_ids"], r["labels"]), (r["rejected_input_ids"], r["rejected_labels"])] for r in rows])
-        chosen = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
-        rejected = [{"input_ids": r["rejected_input_ids"], "labels": r["rejected_labels"]} for r in rows]
-        return self.pad(chosen + rejected)
+            batch = self.shared([[(r["input_ids"], r["labels"]), (r["rejected_input_ids"], r["rejected_labels"])] for r in rows])
+        else:
+            chosen = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+            rejected = [{"input_ids": r["rejected_input_ids"], "labels": r["rejected_labels"]} for r in rows]
+            batch = self.pad(chosen + rejected)
+        reference = batch_reference_logps(rows)  # task.precompute_reference
+        if reference is not None:
+            batch["reference_logps"] = reference
+        return batch
 
 
 class Running:

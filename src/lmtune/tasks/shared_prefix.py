@@ -45,7 +45,9 @@ def common_prefix(rows: list[tuple[list[int], list[int]]]) -> int:
 class SharedPrefixCollator:
     """Groups of (input_ids, labels) rows -> one row per group: the prompt, then each answer.
 
-    The batch: input_ids and position_ids (B, T), a boolean attention_mask (B, 1, T, T), and for
+    The batch: input_ids and position_ids (B, T), the boolean mask the model attends with
+    (shared_mask, B × 1 × T × T), a plain attention_mask (B, T: 1 on every token, 0 on padding; the
+    Trainer counts the tokens trained on from it), and for
     every target token its row, the position whose logits predict it, its id, and its answer's
     index (answers numbered group by group, in the order given)."""
 
@@ -72,8 +74,11 @@ class SharedPrefixCollator:
             targets += [(row, at, token, answers + answer) for at, token, answer in row_targets]
             answers += len(blocks)
         rows, at, token, answer = (torch.tensor(column) for column in zip(*targets))
-        return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask, "target_row": rows,
-                "target_at": at, "target_id": token, "target_answer": answer, "answers": torch.tensor(answers)}
+        lengths = torch.tensor([len(ids) for ids, *_ in laid_out])
+        padding = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return {"input_ids": input_ids, "position_ids": position_ids, "shared_mask": mask, "attention_mask": padding,
+                "target_row": rows, "target_at": at, "target_id": token, "target_answer": answer,
+                "answers": torch.tensor(answers)}
 
     @staticmethod
     def layout(group: list[tuple[list[int], list[int]]]):
@@ -97,7 +102,7 @@ def shared_prefix_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.T
     """(logits (N, vocab) fp32 at each target, the targets (N,), each target's answer index (N,))."""
     keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     keep[batch["target_row"], batch["target_at"]] = True
-    mask = batch["attention_mask"]
+    mask = batch["shared_mask"]
     if getattr(model.config, "_attn_implementation", "sdpa") == "eager":  # eager adds the mask to the scores
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -77,7 +77,8 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
     splits = splits if splits is not None else read_data(cfg)
     loaded = load_for_training(cfg, precision)
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
-    attach_reference(loaded)  # before anything trains: the starting weights (DPO with full, freeze)
+    if not task.reference_precomputed(cfg):
+        attach_reference(loaded)  # before anything trains: the starting weights (DPO with full, freeze)
     metric = cfg.train.metric_for_best
     if metric and metric not in task.metrics:
         from lmtune.errors import ConfigError
@@ -99,6 +100,14 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
         model.to(device)
         if getattr(task, "reference", None) is not None:
             task.reference.to(device)
+    if task.reference_precomputed(cfg):  # the model as loaded is the reference: its log-probs of every pair, once
+        from lmtune.tasks.reference_logps import with_reference_logps
+
+        emit({"event": "phase", "name": "reference_logps"})
+        with main_process_first(desc="reference log-probs"):
+            train_data = with_reference_logps(task, model, train_data, cfg.train.eval_batch_size, precision)
+            if eval_data is not None:
+                eval_data = with_reference_logps(task, model, eval_data, cfg.train.eval_batch_size, precision)
     scores = None
     if zero_shot and eval_data is not None:
         emit({"event": "phase", "name": "zero_shot_eval"})
