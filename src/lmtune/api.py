@@ -111,6 +111,13 @@ def export(run: str | Path | RunDir, out_dir: str | Path, dtype: str = "fp32") -
     return export_run(run, out_dir, dtype)
 
 
+def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "q8_0") -> dict:
+    """One GGUF file for llama.cpp / Ollama (adapters merged), a Modelfile and a model card."""
+    from lmtune.export.gguf_export import export_gguf as _export_gguf
+
+    return _export_gguf(source, out_dir, quant)
+
+
 def plan(config: Config | str | Path, overrides: Sequence[str] = (), compare: bool = False,
          throughput: Optional[float] = None) -> list:
     """Memory and time a run will need, before it starts (prints the table; returns the plans)."""

@@ -19,6 +19,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 from lmtune import api  # noqa: E402
 from lmtune.atomic import refuse_existing, write_text_atomic  # noqa: E402
 from lmtune.errors import ConfigError, LmtuneError  # noqa: E402
+from lmtune.export.gguf_tensors import QUANTS as GGUF_QUANTS  # noqa: E402
 from lmtune.generation import SamplingParams as SamplingDefaults  # noqa: E402
 
 
@@ -169,6 +170,11 @@ def cmd_merge(args) -> None:
 
 
 def cmd_export(args) -> None:
+    if args.format == "gguf":
+        report = api.export_gguf(args.run_dir, args.out_dir, args.quant)
+        print(f"lmtune: wrote {report['file']} ({report['quant']}, {report['bytes'] / 2**20:,.1f} MiB; pre-tokenizer "
+              f"{report['pre_tokenizer']}; stops at {', '.join(report['stop'])}), a Modelfile and README.md")
+        return
     out = api.export(args.run_dir, args.out_dir, args.dtype)
     print(f"lmtune: exported a self-contained model to {out} (weights, tokenizer, generation config, README.md)")
 
@@ -254,10 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the written weights")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("export", help="write a self-contained model directory with a model card")
-    p.add_argument("run_dir")
+    p = sub.add_parser("export", help="write a self-contained model directory (safetensors, or GGUF for llama.cpp / "
+                       "Ollama) with a model card")
+    p.add_argument("run_dir", help="a run directory (gguf: or a model directory, alias or .gguf file)")
     p.add_argument("out_dir", help="a new (or empty) directory")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of merged weights")
+    p.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="safetensors: dtype of merged weights")
+    p.add_argument("--quant", choices=list(GGUF_QUANTS), default="q8_0",
+                   help="gguf: the weights' type (norms stay f32; 4/5-bit files keep the embedding at q8_0)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -34,11 +34,17 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path, dtype: str = "
     return out
 
 
-def model_card(cfg, metrics: dict) -> str:
-    final = metrics.get("final", {})
-    zero = metrics.get("zero_shot", {})
-    train = metrics.get("train", {})
+def metrics_table(metrics: dict) -> str:
+    """The validation metrics before and after training, as a Markdown table."""
+    final, zero = metrics.get("final", {}), metrics.get("zero_shot", {})
     rows = "\n".join(f"| {k} | {zero.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in final.items())
+    return f"""| metric | before training | after training |
+| --- | ---: | ---: |
+{rows or "| (none recorded) | | |"}"""
+
+
+def model_card(cfg, metrics: dict) -> str:
+    train = metrics.get("train", {})
     data = cfg.data.train or ", ".join(f"{m.path} (weight {m.weight})" for m in cfg.data.mix or [])
     return f"""# Fine-tuned {cfg.model.name}
 
@@ -53,9 +59,7 @@ Made with lmtune {__version__}: `{cfg.method.name}` fine-tuning of `{cfg.model.n
 
 ## Metrics (validation split)
 
-| metric | before training | after training |
-| --- | ---: | ---: |
-{rows or "| (none recorded) | | |"}
+{metrics_table(metrics)}
 
 ## Use
 
