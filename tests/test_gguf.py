@@ -57,7 +57,7 @@ def test_a_lora_run_exports_to_gguf_with_the_merged_logits_and_the_same_token_id
     reader = gguf.GGUFReader(next(out.glob("*.gguf")))
     fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith(("tokenizer.", "general.architecture"))
               and k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")}
-    assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.pre"] == "gpt2"
+    assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert fields["tokenizer.chat_template"] == own_tokenizer.chat_template
     assert fields["tokenizer.ggml.eos_token_id"] == own_tokenizer.convert_tokens_to_ids("<|im_end|>")
     modelfile = (out / "Modelfile").read_text()

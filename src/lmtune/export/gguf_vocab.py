@@ -4,7 +4,7 @@ trained on and stops where the model learnt to stop.
 
 Supported: byte-level BPE tokenizers (GPT-2's kind, as SmolLM, Llama 3 and Qwen2 use), with a
 pre-tokenizer llama.cpp knows by name. The name is read from the tokenizer's own pre-tokenizer:
-GPT-2's regex alone is `gpt2`; single digits split off first, then GPT-2's regex, is `smollm`; a
+GPT-2's regex alone is `gpt-2`; single digits split off first, then GPT-2's regex, is `smollm`; a
 split by Qwen2's or Llama 3's regex before the bytes is `qwen2` or `llama-bpe`. Others are refused
 with that list rather than written under a guessed name (a wrong name tokenises differently
 without any error).
@@ -19,7 +19,7 @@ from lmtune.errors import ConfigError
 
 # llama.cpp's token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
-SUPPORTED = ("byte-level BPE with GPT-2's pre-tokenizer (gpt2), single digits split first (smollm), "
+SUPPORTED = ("byte-level BPE with GPT-2's pre-tokenizer (gpt-2), single digits split first (smollm), "
              "or Qwen2's (qwen2) or Llama 3's (llama-bpe) split")
 _WORDS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
 _REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -51,7 +51,7 @@ def pre_tokenizer_name(spec: dict | None) -> str:
         return p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space", False)
 
     if spec and byte_level(spec):
-        return "gpt2"
+        return "gpt-2"
     if spec and spec.get("type") == "Sequence":
         parts = spec.get("pretokenizers", [])
         if (len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits")
