@@ -102,14 +102,23 @@ def main() -> None:
                 if quant in LLAMA_CPP_QUANTS else ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+        # The LoRA kept apart (--adapter): the base at q4_1 (exactly the published file), the adapter beside it.
+        start = time.perf_counter()
+        report = export_gguf(run, tmp / "adapter", "q4_1", adapter=True)
+        export_s = time.perf_counter() - start
+        size = (report["bytes"] + Path(report["adapter"]).stat().st_size) / 2**20
+        cells = ["q4_1 base + LoRA (--adapter)", f"{export_s:.1f}", f"{size:,.1f}", "", ""]
+        cells += llama_cpp_cells(report["file"], tokenizer, rows, prompts, hf_labels, gold, labels, args.reviews,
+                                 lora_path=report["adapter"])
+        lines.append("| " + " | ".join(cells) + " |")
         print("\n".join(lines), flush=True)
 
 
-def llama_cpp_cells(path, tokenizer, rows, prompts, hf_labels, gold, labels, n) -> list[str]:
+def llama_cpp_cells(path, tokenizer, rows, prompts, hf_labels, gold, labels, n, lora_path=None) -> list[str]:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False, seed=0)
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False, seed=0, lora_path=lora_path)
     texts = [row["text"] for row in rows[:50]] + ["<|im_start|>user\n2024: ¡Olé! 12+30=42<|im_end|>\n"]
     same_ids = all(llm.tokenize(t.encode(), add_bos=False, special=True) == tokenizer(t, add_special_tokens=False)["input_ids"]
                    for t in texts)
@@ -122,6 +131,7 @@ def llama_cpp_cells(path, tokenizer, rows, prompts, hf_labels, gold, labels, n) 
     named = [(h, a) for h, a in zip(hf_labels, answers) if h]
     agree = sum(h == a for h, a in named) / max(len(named), 1)
     accuracy = sum(a == g for a, g in zip(answers, gold)) / len(gold)
+    llm.close()
     return ["yes" if same_ids else "NO", "yes" if same_template else "NO", f"{agree:.3f} of {len(named)}", f"{accuracy:.3f}"]
 
 

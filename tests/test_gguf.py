@@ -104,6 +104,8 @@ def test_qwen2_keeps_its_rotation_and_biases(tmp_path, llama_tokenizer):
 def test_what_cannot_be_exported_is_one_line(tmp_path, tiny_gpt2, tiny_llama, capsys, monkeypatch):
     assert main(["export", str(tiny_gpt2), str(tmp_path / "a"), "--format", "gguf"]) == 2
     assert "GGUF export supports llama, mistral, qwen2 models; this one is 'gpt2'" in capsys.readouterr().err
+    assert main(["export", str(tiny_llama), str(tmp_path / "b"), "--format", "gguf", "--adapter"]) == 2
+    assert "--adapter keeps a LoRA run's adapter apart from its base" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")

@@ -93,3 +93,35 @@ def test_smollm2_in_llama_cpp_answers_reviews_as_in_transformers(tmp_path):
 def label_word(text: str) -> str | None:
     found = [w for w in ("positive", "negative") if w in text.lower()]
     return found[0] if len(found) == 1 else None
+
+
+def test_a_lora_kept_apart_gives_llama_cpp_the_merged_model(tiny_llama, tmp_path):
+    """--adapter: the base as its own GGUF and the LoRA beside it; llama.cpp with both computes the
+    logits of the merged model (the LoRA's scale folded in, B's q/k rows reordered as W's)."""
+    from lmtune.config import load_config
+    from lmtune.loading import load_for_inference
+    from lmtune.training.run import train
+
+    run = tmp_path / "run"
+    train(load_config(None, [
+        f"model.name={tiny_llama}", f"data.train={DATA / 'alpaca_en_demo' / 'alpaca_en_demo.json'}", "method.alpha=32",
+        "data.format=instruction", "task.name=sft", "data.max_samples=16", "data.max_length=64", "train.lr=1e-2",
+        "train.max_steps=2", "train.precision=fp32", "train.zero_shot_eval=false", f"output.dir={run}"]), reporters=[])
+    out = tmp_path / "gguf"
+    assert main(["export", str(run), str(out), "--format", "gguf", "--quant", "f32", "--adapter"]) == 0
+    assert "ADAPTER ./" in (out / "Modelfile").read_text()
+    loaded = load_for_inference(run, quantized=False, dtype=torch.float32)
+    merged = loaded.model.merge_and_unload().eval()
+    base = next(p for p in out.glob("*.f32.gguf"))
+    llm = llama(base, logits_all=True, lora_path=str(next(out.glob("*.lora.gguf"))))
+    alone = llama(base, logits_all=True)
+    ids = loaded.tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
+    for model in (llm, alone):
+        model.reset()
+        model.eval(ids)
+    with torch.no_grad():
+        ours = merged(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(torch.tensor(llm.scores[: len(ids)]), ours, atol=2e-3, rtol=1e-3)
+    assert (torch.tensor(alone.scores[: len(ids)]) - ours).abs().max() > 1e-2  # the adapter is what made the difference
+    llm.close()
+    alone.close()

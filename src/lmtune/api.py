@@ -111,11 +111,12 @@ def export(run: str | Path | RunDir, out_dir: str | Path, dtype: str = "fp32") -
     return export_run(run, out_dir, dtype)
 
 
-def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "q8_0") -> dict:
-    """One GGUF file for llama.cpp / Ollama (adapters merged), a Modelfile and a model card."""
+def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "q8_0", adapter: bool = False) -> dict:
+    """One GGUF file for llama.cpp / Ollama (adapters merged, or with `adapter` a LoRA written apart
+    beside its base), a Modelfile and a model card."""
     from lmtune.export.gguf_export import export_gguf as _export_gguf
 
-    return _export_gguf(source, out_dir, quant)
+    return _export_gguf(source, out_dir, quant, adapter)
 
 
 def plan(config: Config | str | Path, overrides: Sequence[str] = (), compare: bool = False,

@@ -171,9 +171,10 @@ def cmd_merge(args) -> None:
 
 def cmd_export(args) -> None:
     if args.format == "gguf":
-        report = api.export_gguf(args.run_dir, args.out_dir, args.quant)
+        report = api.export_gguf(args.run_dir, args.out_dir, args.quant, args.adapter)
         print(f"lmtune: wrote {report['file']} ({report['quant']}, {report['bytes'] / 2**20:,.1f} MiB; pre-tokenizer "
-              f"{report['pre_tokenizer']}; stops at {', '.join(report['stop'])}), a Modelfile and README.md")
+              f"{report['pre_tokenizer']}; stops at {', '.join(report['stop'])}), "
+              f"{'the LoRA adapter ' + report['adapter'] + ', ' if report['adapter'] else ''}a Modelfile and README.md")
         return
     out = api.export(args.run_dir, args.out_dir, args.dtype)
     print(f"lmtune: exported a self-contained model to {out} (weights, tokenizer, generation config, README.md)")
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="safetensors: dtype of merged weights")
     p.add_argument("--quant", choices=list(GGUF_QUANTS), default="q8_0",
                    help="gguf: the weights' type (norms stay f32; 4/5-bit files keep the embedding at q8_0)")
+    p.add_argument("--adapter", action="store_true",
+                   help="gguf, LoRA runs: write the base at --quant and the adapter apart (llama.cpp --lora, Ollama ADAPTER) "
+                        "instead of merging; keeps the fine-tuning at 4 bits")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -20,19 +20,21 @@ import numpy as np
 from lmtune.atomic import empty_dir, save_dir_atomic
 from lmtune.errors import ConfigError
 from lmtune.export.gguf_tensors import QUANTS, Shape, convert, ggml_type, gguf_name, shape_of
+from lmtune.export.gguf_lora import lora_settings, write_lora_gguf
 from lmtune.export.gguf_vocab import Vocab, vocab_of
 from lmtune.export.ollama import model_card, modelfile
 from lmtune.methods import METHODS
 from lmtune.run_dir import RunDir
 
 
-def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "q8_0") -> dict:
-    """Write OUT/<name>.<quant>.gguf, OUT/Modelfile and OUT/README.md; returns what was written."""
+def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "q8_0", adapter: bool = False) -> dict:
+    """Write OUT/<name>.<quant>.gguf, OUT/Modelfile and OUT/README.md; returns what was written.
+    `adapter`: a LoRA run's base at `quant` and its adapter apart, as OUT/<name>.lora.gguf."""
     if quant not in QUANTS:
         raise ConfigError(f"--quant {quant}: choose one of {', '.join(QUANTS)} (k-quants: run llama-quantize on the f16 file)")
     out = empty_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix=".lmtune-gguf-", dir=out.parent) as scratch:
-        model_dir, cfg, metrics = model_source(source, Path(scratch))
+        model_dir, cfg, metrics, lora_dir = model_source(source, Path(scratch), adapter)
         from transformers import AutoConfig, AutoTokenizer
 
         from lmtune.data.templates import Renderer
@@ -45,33 +47,46 @@ def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "
         planned = planned_tensors(weight_files(model_dir), shape, quant)
         name = Path(str(cfg.model.name if cfg else source)).name.removesuffix(".gguf") or "model"
         file_name = f"{name}.{quant}.gguf"
+        lora_name = f"{name}.lora.gguf" if lora_dir else None
         check_space(out, planned)
         system = cfg.data.system_prompt if cfg else None
 
         def save(tmp: Path) -> None:
             write_gguf(tmp / file_name, planned, shape, vocab, quant, name)
-            (tmp / "Modelfile").write_text(modelfile(file_name, vocab, renderer, system), encoding="utf-8")
-            (tmp / "README.md").write_text(model_card(file_name, quant, cfg, metrics, vocab, system), encoding="utf-8")
+            if lora_dir:
+                write_lora_gguf(tmp / lora_name, lora_dir, shape)
+            (tmp / "Modelfile").write_text(modelfile(file_name, vocab, renderer, system, lora_name), encoding="utf-8")
+            (tmp / "README.md").write_text(model_card(file_name, quant, cfg, metrics, vocab, system, lora_name),
+                                           encoding="utf-8")
 
         out.rmdir()  # prepared empty above; the finished folder is moved into its place whole
         save_dir_atomic(out, save)
     return {"out": str(out), "file": str(out / file_name), "quant": quant, "bytes": (out / file_name).stat().st_size,
-            "stop": vocab.stop_texts(), "pre_tokenizer": vocab.pre}
+            "stop": vocab.stop_texts(), "pre_tokenizer": vocab.pre, "adapter": str(out / lora_name) if lora_name else None}
 
 
-def model_source(source, scratch: Path):
-    """(a plain model directory, the run's config or None, the run's metrics or {})."""
+def model_source(source, scratch: Path, adapter: bool = False):
+    """(a plain model directory, the run's config or None, the run's metrics or {}, the LoRA adapter
+    directory to write apart or None)."""
     from lmtune.model.load import resolve_model_path
     from lmtune.sections import ModelConfig
 
     is_run = isinstance(source, RunDir) or (Path(source) / RunDir.CONFIG).is_file()
     if not is_run:
-        return Path(resolve_model_path(ModelConfig(name=str(source)))), None, {}
+        if adapter:
+            raise ConfigError(f"--adapter keeps a LoRA run's adapter apart from its base; {source} is not a run directory")
+        return Path(resolve_model_path(ModelConfig(name=str(source)))), None, {}, None
     run = source if isinstance(source, RunDir) else RunDir.open(source)
     cfg = run.config()
     method = METHODS.get(cfg.method.name)
+    if adapter:
+        if not method.mergeable:
+            raise ConfigError(f"{run.path}: --adapter is for LoRA runs; a {cfg.method.name} run has no adapter to keep apart")
+        weights = run.check_weights()
+        lora_settings(weights)  # refused here, before anything is written, when it cannot be a GGUF LoRA
+        return Path(resolve_model_path(cfg.model)), cfg, run.metrics(), weights
     if method.saves == "model":
-        return run.check_weights(), cfg, run.metrics()
+        return run.check_weights(), cfg, run.metrics(), None
     if not method.mergeable:
         raise ConfigError(f"{run.path}: {cfg.method.name} learns virtual tokens, which a GGUF model cannot hold; "
                           "serve the run directory with lmtune serve, or train with LoRA to export it")
@@ -79,7 +94,7 @@ def model_source(source, scratch: Path):
 
     merged = scratch / "merged"
     merge_run(run, merged, "fp32")
-    return merged, cfg, run.metrics()
+    return merged, cfg, run.metrics(), None
 
 
 def weight_files(model_dir: Path) -> list[Path]:

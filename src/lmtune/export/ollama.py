@@ -45,8 +45,10 @@ def default_system(renderer) -> str | None:
     return None
 
 
-def modelfile(file_name: str, vocab, renderer, system: str | None) -> str:
+def modelfile(file_name: str, vocab, renderer, system: str | None, lora_name: str | None = None) -> str:
     lines = [f"# Made by lmtune {__version__}: `ollama create NAME -f Modelfile`, then `ollama run NAME`", f"FROM ./{file_name}"]
+    if lora_name:
+        lines.append(f"ADAPTER ./{lora_name}")
     if is_chatml(renderer):
         lines.append(f'TEMPLATE """{CHATML_GO}"""')
     elif renderer.mode == "plain":
@@ -60,13 +62,17 @@ def modelfile(file_name: str, vocab, renderer, system: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(file_name: str, quant: str, cfg, metrics: dict, vocab, system: str | None) -> str:
+def model_card(file_name: str, quant: str, cfg, metrics: dict, vocab, system: str | None, lora_name: str | None = None) -> str:
     from lmtune.export.export import metrics_table
 
     origin = (f"`{cfg.method.name}` fine-tuning of `{cfg.model.name}` for the `{cfg.task.name}` task"
               if cfg else "a model converted as it is")
     trained = f"\n## Metrics (validation split)\n\n{metrics_table(metrics)}\n" if cfg else ""
     system_line = f"\nThe model was trained with the system prompt {system!r}; the Modelfile sets it.\n" if system else ""
+    lora = f" --lora {lora_name}" if lora_name else ""
+    if lora_name:
+        system_line += (f"\nThe base model is `{file_name}`, unchanged; the fine-tuning is the LoRA adapter `{lora_name}`, "
+                        "which every command below loads with it.\n")
     return f"""# {file_name}
 
 Made with lmtune {__version__}: {origin}, written as GGUF ({quant}) for llama.cpp, Ollama and LM Studio.
@@ -75,14 +81,14 @@ The file holds the tokenizer, the chat template and the stop tokens ({", ".join(
 ## Run it
 
 ```bash
-llama-cli -m {file_name} -cnv          # chat with llama.cpp, using the template inside the file
-llama-server -m {file_name} --port 8080  # an OpenAI-compatible server
+llama-cli -m {file_name}{lora} -cnv          # chat with llama.cpp, using the template inside the file
+llama-server -m {file_name}{lora} --port 8080  # an OpenAI-compatible server
 ollama create my-model -f Modelfile && ollama run my-model
 ```
 
 ```python
 from llama_cpp import Llama
-llm = Llama(model_path="{file_name}")
+llm = Llama(model_path="{file_name}"{f', lora_path="{lora_name}"' if lora_name else ''})
 print(llm.create_chat_completion(messages=[{{"role": "user", "content": "Hello"}}])["choices"][0]["message"]["content"])
 ```
 """
