@@ -134,3 +134,14 @@ def test_prompt_methods_are_refused_with_the_alternative(tmp_path, tiny_llama):
         "train.precision=fp32", "train.zero_shot_eval=false", f"output.dir={out}"]), reporters=[])
     with pytest.raises(ConfigError, match="virtual tokens, which a GGUF model cannot hold; serve the run directory"):
         export_gguf(out, tmp_path / "gguf")
+
+
+def test_k_quants_without_llama_cpp_say_what_to_run(tiny_llama, tmp_path, capsys, monkeypatch):
+    import lmtune.export.k_quants as k_quants
+
+    monkeypatch.setattr(k_quants.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(k_quants.shutil, "which", lambda name: None)
+    assert main(["export", str(tiny_llama), str(tmp_path / "k"), "--format", "gguf", "--quant", "q4_k_m"]) == 2
+    err = capsys.readouterr().err
+    assert "needs its quantizer" in err and "llama-quantize" in err and "Q4_K_M" in err
+    assert not (tmp_path / "k").exists()  # refused before anything was written

@@ -125,3 +125,22 @@ def test_a_lora_kept_apart_gives_llama_cpp_the_merged_model(tiny_llama, tmp_path
     assert (torch.tensor(alone.scores[: len(ids)]) - ours).abs().max() > 1e-2  # the adapter is what made the difference
     llm.close()
     alone.close()
+
+
+def test_k_quants_come_from_llama_cpp_with_the_metadata_kept(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "gguf"
+    assert main(["export", str(tiny_llama), str(out), "--format", "gguf", "--quant", "q4_k_m"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    llm = llama(next(out.glob("*.q4_k_m.gguf")), logits_all=True)
+    assert llm.metadata["tokenizer.chat_template"] == tokenizer.chat_template
+    assert llm.metadata["general.file_type"] == "15"  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    ids = tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(TEXTS[0].encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    with torch.no_grad():
+        difference = (torch.tensor(llm.scores[: len(ids)]) - model(torch.tensor([ids])).logits[0]).abs().max().item()
+    assert 0 < difference < 0.5, difference
+    llm.close()

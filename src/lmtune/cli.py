@@ -20,6 +20,7 @@ from lmtune import api  # noqa: E402
 from lmtune.atomic import refuse_existing, write_text_atomic  # noqa: E402
 from lmtune.errors import ConfigError, LmtuneError  # noqa: E402
 from lmtune.export.gguf_tensors import QUANTS as GGUF_QUANTS  # noqa: E402
+from lmtune.export.k_quants import K_QUANTS  # noqa: E402
 from lmtune.generation import SamplingParams as SamplingDefaults  # noqa: E402
 
 
@@ -267,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="a new (or empty) directory")
     p.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="safetensors: dtype of merged weights")
-    p.add_argument("--quant", choices=list(GGUF_QUANTS), default="q8_0",
-                   help="gguf: the weights' type (norms stay f32; 4/5-bit files keep the embedding at q8_0)")
+    p.add_argument("--quant", choices=[*GGUF_QUANTS, *K_QUANTS], default="q8_0",
+                   help="gguf: the weights' type (norms stay f32; 4/5-bit files keep the embedding at q8_0; "
+                        "k-quants through llama.cpp's quantizer)")
     p.add_argument("--adapter", action="store_true",
                    help="gguf, LoRA runs: write the base at --quant and the adapter apart (llama.cpp --lora, Ollama ADAPTER) "
                         "instead of merging; keeps the fine-tuning at 4 bits")

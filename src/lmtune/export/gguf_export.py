@@ -22,6 +22,7 @@ from lmtune.errors import ConfigError
 from lmtune.export.gguf_tensors import QUANTS, Shape, convert, ggml_type, gguf_name, shape_of
 from lmtune.export.gguf_lora import lora_settings, write_lora_gguf
 from lmtune.export.gguf_vocab import Vocab, vocab_of
+from lmtune.export.k_quants import K_QUANTS, check_quantizer, k_quantize
 from lmtune.export.ollama import model_card, modelfile
 from lmtune.methods import METHODS
 from lmtune.run_dir import RunDir
@@ -30,8 +31,11 @@ from lmtune.run_dir import RunDir
 def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "q8_0", adapter: bool = False) -> dict:
     """Write OUT/<name>.<quant>.gguf, OUT/Modelfile and OUT/README.md; returns what was written.
     `adapter`: a LoRA run's base at `quant` and its adapter apart, as OUT/<name>.lora.gguf."""
-    if quant not in QUANTS:
-        raise ConfigError(f"--quant {quant}: choose one of {', '.join(QUANTS)} (k-quants: run llama-quantize on the f16 file)")
+    if quant not in QUANTS and quant not in K_QUANTS:
+        raise ConfigError(f"--quant {quant}: choose one of {', '.join([*QUANTS, *K_QUANTS])}")
+    if quant in K_QUANTS:
+        check_quantizer(quant, Path(out_dir))
+    written = quant if quant in QUANTS else "f16"  # what lmtune writes; llama.cpp makes a K-quant of it
     out = empty_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix=".lmtune-gguf-", dir=out.parent) as scratch:
         model_dir, cfg, metrics, lora_dir = model_source(source, Path(scratch), adapter)
@@ -44,7 +48,7 @@ def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         renderer = Renderer(tokenizer, cfg.data.template if cfg else "auto")
         vocab = vocab_of(tokenizer, shape.vocab, renderer)
-        planned = planned_tensors(weight_files(model_dir), shape, quant)
+        planned = planned_tensors(weight_files(model_dir), shape, written)
         name = Path(str(cfg.model.name if cfg else source)).name.removesuffix(".gguf") or "model"
         file_name = f"{name}.{quant}.gguf"
         lora_name = f"{name}.lora.gguf" if lora_dir else None
@@ -52,7 +56,11 @@ def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "
         system = cfg.data.system_prompt if cfg else None
 
         def save(tmp: Path) -> None:
-            write_gguf(tmp / file_name, planned, shape, vocab, quant, name)
+            if written == quant:
+                write_gguf(tmp / file_name, planned, shape, vocab, quant, name)
+            else:
+                write_gguf(Path(scratch) / "f16.gguf", planned, shape, vocab, written, name)
+                k_quantize(Path(scratch) / "f16.gguf", tmp / file_name, quant)
             if lora_dir:
                 write_lora_gguf(tmp / lora_name, lora_dir, shape)
             (tmp / "Modelfile").write_text(modelfile(file_name, vocab, renderer, system, lora_name), encoding="utf-8")
