@@ -40,6 +40,18 @@ def cmd_train(args) -> None:
         # The same command, to which --resume is added.
         command = shlex.join(["lmtune", "train", args.config, "--output-dir", cfg.output.dir, *overrides[:len(args.overrides)]])
         raise Interrupted(f"{e}. Resume with: {command} --resume", 128 + signal.Signals[e.reason].value) from None
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Under torchrun, close the process group before the interpreter exits: left to exit, gloo's
+    threads were destroyed while still running and one process in two aborted ("terminate called
+    without an active exception") after a run that had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

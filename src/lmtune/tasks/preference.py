@@ -1,9 +1,9 @@
 """Preference tuning on pairs of answers: DPO (with the sigmoid, IPO, hinge and robust losses),
 ORPO and SimPO. What they share lives here: encoding a pair (the prompt rendered once, each
 answer's tokens the targets, one BOS, the answer's turn terminator trained), batching the pairs as
-one row per pair (the prompt once, then both answers: tasks/shared_prefix.py) or 2B rows
-(chosen, then rejected) where the model cannot share, each answer's log-probability from the LM head run at its tokens
-only, the reference model, and the metrics (reward accuracy, margins, log-probs).
+one row per pair (the prompt once, then both answers: tasks/shared_prefix.py) or, where the model
+cannot share, 2B rows (chosen, then rejected), each answer's log-probability from the LM head run
+at its tokens only, the reference model, and the metrics (reward accuracy, margins, log-probs).
 
 Log-probabilities, as TRL computes them: the sum over an answer's tokens of log p(token | what
 comes before) (DPO, its variants), or that sum divided by the answer's token count (IPO's

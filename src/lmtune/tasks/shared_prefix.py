@@ -103,7 +103,8 @@ def shared_prefix_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.T
     keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     keep[batch["target_row"], batch["target_at"]] = True
     mask = batch["shared_mask"]
-    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":  # eager adds the mask to the scores
+    config = getattr(getattr(model, "module", model), "config", None)  # under DistributedDataParallel: the model it wraps
+    if getattr(config, "_attn_implementation", "sdpa") == "eager":  # eager adds the mask to the scores
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask,
