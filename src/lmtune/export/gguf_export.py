@@ -171,12 +171,9 @@ def write_gguf(path: Path, planned: list, shape: Shape, vocab: Vocab, quant: str
 
 
 def quantize(array: np.ndarray, kind) -> np.ndarray:
+    """A tensor's bytes in its GGML type (gguf.quants handles F32 and F16 as casts)."""
     import gguf
 
-    if kind == gguf.GGMLQuantizationType.F32:
-        return np.ascontiguousarray(array, dtype=np.float32)
-    if kind == gguf.GGMLQuantizationType.F16:
-        return np.ascontiguousarray(array, dtype=np.float16)
     return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), kind)
 
 

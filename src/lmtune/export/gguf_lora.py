@@ -34,11 +34,10 @@ def lora_settings(adapter_dir: Path) -> dict:
     return config
 
 
-def lora_tensors(adapter_dir: Path, shape: Shape):
+def lora_tensors(adapter_dir: Path, config: dict, shape: Shape):
     """(GGUF name, float32 array) for every A and B of the adapter, B scaled by peft's scale."""
     from safetensors import safe_open
 
-    config = lora_settings(adapter_dir)
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / (r ** 0.5 if config.get("use_rslora") else r)
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
@@ -60,12 +59,12 @@ def lora_tensors(adapter_dir: Path, shape: Shape):
 def write_lora_gguf(path: Path, adapter_dir: Path, shape: Shape) -> None:
     import gguf
 
-    rank = lora_settings(adapter_dir)["r"]
+    config = lora_settings(adapter_dir)
     writer = gguf.GGUFWriter(str(path), shape.arch)
     writer.add_type("adapter")
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))  # llama.cpp scales by alpha / rank: 1
-    for name, array in lora_tensors(adapter_dir, shape):
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["r"]))  # llama.cpp scales by alpha / rank: 1
+    for name, array in lora_tensors(adapter_dir, config, shape):
         writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -261,11 +261,16 @@ class GrpoTask(Task):
             total = per_token.sum() / max(per_token.numel(), 1) * n
         else:  # dr_grpo
             total = per_token.sum() / o.max_completion_length
-        self.running.add(reward=rewards[~torch.isnan(rewards)], reward_std=nanstd(rewards).reshape(1), completion_length=lengths,
+        self.running.add(**self.reward_metrics(rewards, per_function), reward_std=nanstd(rewards).reshape(1),
+                         completion_length=lengths,
                          frac_reward_zero_std=(nanstd(rewards.view(-1, o.num_generations), dim=1) < 1e-6).float(),
-                         **{f"reward_{name}": col[~torch.isnan(col)] for name, col in zip(self.reward_names, per_function.T)},
                          **({"kl": kl.detach()} if kl is not None else {}))
         return total, n
+
+    def reward_metrics(self, rewards: torch.Tensor, per_function: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rewards that could be scored, in total and per function (NaN: none could)."""
+        return {"reward": rewards[~torch.isnan(rewards)],
+                **{f"reward_{name}": col[~torch.isnan(col)] for name, col in zip(self.reward_names, per_function.T)}}
 
     def reference_token_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference is not None:
@@ -286,6 +291,6 @@ class GrpoTask(Task):
             prompts, completions = self.sample(model, batch, params, 1)
             per_function = self.score(prompts, completions, batch["fields"], 1)
             rewards = combine(per_function, self.weights)
-            total.add(reward=rewards[~torch.isnan(rewards)], completion_length=torch.tensor([float(len(c.ids)) for c in completions]),
-                      **{f"reward_{name}": col[~torch.isnan(col)] for name, col in zip(self.reward_names, per_function.T)})
+            total.add(**self.reward_metrics(rewards, per_function),
+                      completion_length=torch.tensor([float(len(c.ids)) for c in completions]))
         return total.pop()
