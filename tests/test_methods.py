@@ -48,10 +48,13 @@ TASK_DATA = {
             "task.name=sft", "data.max_samples=4", "data.max_length=64"],
     "seq_cls": [f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}", "data.format=classification",
                 "data.labels=[negative, positive]", "task.name=seq_cls", "data.max_samples=4"],
+    "embedding": [f"data.train={DATA / 'stsb' / 'validation.jsonl'}", "data.format=pairs", "data.score_range=[0, 5]",
+                  "task.name=embedding", "data.max_samples=4"],
 }
 # Causal-LM tasks on both decoders; the head task on a decoder and on an encoder.
 TASK_FAMILIES = [("label_tokens", "llama"), ("label_tokens", "gpt2"), ("sft", "llama"), ("sft", "gpt2"),
-                 ("seq_cls", "llama"), ("seq_cls", "bert")]
+                 ("seq_cls", "llama"), ("seq_cls", "bert"), ("embedding", "llama"), ("embedding", "bert")]
+PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")
 
 
 def build(model_dir, method, task_name, extra=()):
@@ -78,6 +81,10 @@ def test_method_trains_only_its_parameters_and_reloads(tmp_path, request, method
         with pytest.raises(ConfigError, match="takes no key/value cache.*use prompt_tuning, p_tuning or lora"):
             build(request.getfixturevalue(f"tiny_{family}"), method, task_name)
         return
+    if task_name == "embedding" and method in PROMPT_METHODS:
+        with pytest.raises(ConfigError, match="pools the hidden states of a text's own tokens.*Use lora"):
+            build(request.getfixturevalue(f"tiny_{family}"), method, task_name)
+        return
     cfg, model, tokenizer, task, batch = build(request.getfixturevalue(f"tiny_{family}"), method, task_name)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     allowed = TRAINS[method] + (HEAD if task_name == "seq_cls" else "")
@@ -92,7 +99,9 @@ def test_method_trains_only_its_parameters_and_reloads(tmp_path, request, method
     with torch.no_grad():
         first = mean_loss(task, model, batch).item()
     model.train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    # Cosine similarities of unit vectors move far with a large step: the embedding task gets a smaller one.
+    lr = 1e-3 if task_name == "embedding" else 1e-2
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     for _ in range(6):
         loss = mean_loss(task, model, batch)
         loss.backward()

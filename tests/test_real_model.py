@@ -25,3 +25,28 @@ def test_builtin_smollm2_loads_without_gguf_marks_and_answers():
     assert model.config.num_hidden_layers == 30 and tokenizer.pad_token is not None
     answer = generate(model, tokenizer, Renderer(tokenizer), "What is the capital of France?", max_new_tokens=12)
     assert "Paris" in answer
+
+
+def test_demo_config_resumed_inside_the_second_epoch_ends_with_the_same_adapter(tmp_path):
+    """The demo's real path (SmolLM2, bf16, eager attention, LoRA on every linear layer, rows batched
+    by length): a run resumed from a checkpoint inside its second epoch ends bit for bit where the
+    uninterrupted run ends, adapter and optimizer state alike."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from lmtune.config import load_config
+    from lmtune.training.run import train
+
+    common = ["data.max_samples=48", "data.max_eval_samples=8", "train.batch_size=8", "train.max_steps=10",
+              "train.save_steps=4", "train.zero_shot_eval=false", "train.logging_steps=1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(load_config("configs/sentiment_lora.yaml", [*common, f"output.dir={whole}"]), reporters=[])
+    # 48 rows / 8 = 6 steps an epoch: checkpoint-8 is inside the second one.
+    shutil.copytree(whole / "checkpoints" / "checkpoint-8", cut / "checkpoints" / "checkpoint-8")
+    train(load_config("configs/sentiment_lora.yaml", [*common, f"output.dir={cut}"]), resume="latest", reporters=[])
+    a, b = load_file(whole / "adapter" / "adapter_model.safetensors"), load_file(cut / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = torch.load(whole / "checkpoints" / "checkpoint-10" / "optimizer.pt", weights_only=True)["state"]
+    opt_b = torch.load(cut / "checkpoints" / "checkpoint-10" / "optimizer.pt", weights_only=True)["state"]
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])

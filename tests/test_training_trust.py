@@ -39,20 +39,37 @@ def assert_same_weights(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("stop_at", [3, 6])  # inside the first epoch, and at its end
+@pytest.mark.parametrize("stop_at", [2, 6, 8])  # inside the first epoch, at its end, inside the second
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, tiny_llama, stop_at):
-    # 24 rows / batch 4 = 6 steps an epoch; 9 steps cross into the second epoch. LoRA dropout makes
-    # the result depend on the restored RNG state too, not only on the weights and the optimizer.
-    common = [f"model.name={tiny_llama}", *SENTIMENT, *STEPS, "data.max_samples=24", "train.max_steps=9",
-              "train.save_steps=3", "method.dropout=0.1"]
+    # 24 rows / batch 4 = 6 steps an epoch; 10 steps cross into the second epoch. LoRA dropout makes
+    # the result depend on the restored RNG state too, not only on the weights and the optimizer;
+    # rows of different lengths batched by length (train.group_by_length) make it depend on the
+    # order of each epoch's batches, which a resume inside the second epoch must draw again.
+    common = [f"model.name={tiny_llama}", *SENTIMENT, *STEPS, "data.max_samples=24", "train.max_steps=10",
+              "train.save_steps=2", "method.dropout=0.1"]
     whole = tmp_path / "whole"
     train(load_config(None, [*common, f"output.dir={whole}"]))
     # The interrupted run: what it had on disk when it stopped after step `stop_at`.
     cut = tmp_path / "cut"
     shutil.copytree(whole / "checkpoints" / f"checkpoint-{stop_at}", cut / "checkpoints" / f"checkpoint-{stop_at}")
     metrics = train(load_config(None, [*common, f"output.dir={cut}"]), resume="latest").metrics
-    assert metrics["train"]["steps"] == 9 and metrics["train"]["resumed_from"].endswith(f"checkpoint-{stop_at}")
-    assert_same_weights(adapter(whole), adapter(cut), atol=1e-6)
+    assert metrics["train"]["steps"] == 10 and metrics["train"]["resumed_from"].endswith(f"checkpoint-{stop_at}")
+    assert_same_weights(adapter(whole), adapter(cut), atol=0)  # exactly: the same computation, step for step
+
+
+@pytest.mark.parametrize("task", ["sft_packed", "seq_cls"])
+def test_resume_inside_the_second_epoch_is_exact_for_packed_sft_and_a_head(tmp_path, tiny_llama, task):
+    from conftest import ALPACA
+
+    data = {"sft_packed": [*ALPACA, "data.packing=true", "data.max_samples=24"],
+            "seq_cls": [*SENTIMENT, "task.name=seq_cls", "data.max_samples=24"]}[task]
+    common = [f"model.name={tiny_llama}", *data, *STEPS, "train.max_steps=10", "train.save_steps=4", "method.dropout=0.1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(load_config(None, [*common, f"output.dir={whole}"]))
+    # 24 rows / batch 4 = 6 steps an epoch (packing joins a batch's rows into one): checkpoint-8 is inside the second.
+    shutil.copytree(whole / "checkpoints" / "checkpoint-8", cut / "checkpoints" / "checkpoint-8")
+    train(load_config(None, [*common, f"output.dir={cut}"]), resume="latest")
+    assert_same_weights(adapter(whole), adapter(cut), atol=0)
 
 
 def lmtune_command(*args) -> list[str]:
@@ -270,6 +287,37 @@ def test_resume_without_a_checkpoint_says_what_to_do(tmp_path, tiny_llama, capsy
     assert main(["train", str(write_config(tmp_path)), "--output-dir", str(out), f"model.name={tiny_llama}", *SENTIMENT,
                  "--resume"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_again(tmp_path, tiny_llama, capsys):
+    from lmtune.run_dir import INTERRUPTED, RunDir
+
+    cfg = load_config(None, [f"model.name={tiny_llama}", *SENTIMENT, *STEPS, "train.max_steps=3", f"output.dir={tmp_path / 'run'}"])
+    run = RunDir.create(cfg.output.dir, overwrite=False)  # what a kill during loading leaves: the config, no checkpoint
+    run.write_config(cfg)
+    run.set_status(INTERRUPTED, step=0)
+    run.append_log({"step": 1, "loss": 9.9})
+    metrics = train(cfg, resume="latest").metrics
+    assert metrics["train"]["steps"] == 3 and metrics["train"]["resumed_from"] is None
+    assert "stopped before its first checkpoint; starting it again from the beginning" in capsys.readouterr().out
+    assert [r["loss"] for r in run.log() if "loss" in r and r["step"] == 1] != [9.9]  # the stale record is gone
+    assert run.status().state == "finished"
+
+
+def test_length_grouped_order_depends_on_the_seed_and_epoch_only():
+    from lmtune.training.trainer import EpochSeededLengthGroupedSampler
+
+    lengths = [5, 9, 3, 12, 7, 8, 2, 11] * 4
+    sampler = EpochSeededLengthGroupedSampler(4, lengths=lengths, seed=0)
+    first = list(sampler)
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == sorted(first)
+    again = EpochSeededLengthGroupedSampler(4, lengths=lengths, seed=0)
+    again.set_epoch(1)
+    assert list(again) == second
 
 
 def test_two_processes_under_torchrun_agree_with_one_process_of_the_same_global_batch(tmp_path, tiny_llama):

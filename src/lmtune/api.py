@@ -119,6 +119,38 @@ def export_gguf(source: str | Path | RunDir, out_dir: str | Path, quant: str = "
     return _export_gguf(source, out_dir, quant, adapter)
 
 
+def bench(models: Sequence[str | Path], tasks: Sequence[str], limit: Optional[int] = None, batch_size: Optional[int] = None,
+          chat_template: str = "auto", num_fewshot: Optional[int] = None, with_base: bool = True,
+          data_dir: Optional[str] = None, include_path: Sequence[str] = ()) -> dict:
+    """Standard benchmarks (lm-evaluation-harness) on runs and base models: one entry per model,
+    the runs' base models first, and each model's difference to the first. Runs keep theirs in RUN_DIR/bench/."""
+    from lmtune.eval.bench import BenchOptions, run_bench
+
+    options = BenchOptions(list(tasks), limit, batch_size, chat_template, num_fewshot, data_dir, list(include_path))
+    return run_bench([str(m) for m in models], options, with_base)
+
+
+def embed(source: str | Path | RunDir, texts: Sequence[str], batch_size: int = 32):
+    """(n, dim) fp32 numpy embeddings of the texts: an embedding run, or a plain model with mean pooling."""
+    from lmtune.infer.embed import load_embedder
+
+    return load_embedder(source).embed(list(texts), batch_size)[0].numpy()
+
+
+def embed_file(source: str | Path | RunDir, input_path: str | Path, output_path: str | Path, batch_size: int = 32) -> tuple[int, int]:
+    """Embeds a JSONL of {"text": ...} rows (or a .txt of one text a line) into a .npy file, rows in
+    input order; returns (rows, dimensions)."""
+    import numpy as np
+
+    from lmtune.atomic import write_atomic
+    from lmtune.infer.embed import load_embedder, read_texts
+
+    texts = read_texts(input_path)  # before the model loads: a bad file fails at once
+    vectors = load_embedder(source).embed(texts, batch_size)[0].numpy()
+    write_atomic(output_path, lambda tmp: np.save(tmp, vectors, allow_pickle=False), suffix=".npy")
+    return vectors.shape
+
+
 def plan(config: Config | str | Path, overrides: Sequence[str] = (), compare: bool = False,
          throughput: Optional[float] = None) -> list:
     """Memory and time a run will need, before it starts (prints the table; returns the plans)."""

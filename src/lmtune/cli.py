@@ -132,6 +132,25 @@ def cmd_eval(args) -> None:
         write_text_atomic(args.output, text + "\n")
 
 
+def cmd_bench(args) -> None:
+    from lmtune.report import print_bench
+
+    refuse_existing(args.output)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    report = api.bench(args.models, tasks, args.limit, args.batch_size, args.chat_template, args.num_fewshot,
+                       not args.no_base, args.data_dir, args.include_path)
+    print_bench(report)
+    if args.output:
+        write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
+        print(f"lmtune: wrote {args.output}")
+
+
+def cmd_embed(args) -> None:
+    refuse_existing(args.output)
+    rows, dim = api.embed_file(args.run_dir, args.input, args.output, args.batch_size)
+    print(f"lmtune: {rows} embeddings of {dim} dimensions written to {args.output}")
+
+
 def sampling(args) -> dict:
     return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
             "top_k": args.top_k, "repetition_penalty": args.repetition_penalty, "seed": args.seed}
@@ -246,6 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-generations", type=int, default=50, help="sft: answer this many rows (0: none)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="standard benchmarks (lm-evaluation-harness) on runs and base models, "
+                       "base vs tuned in one table")
+    p.add_argument("models", nargs="+", help="run directories and/or base models (alias, directory, .gguf, hub id)")
+    p.add_argument("--tasks", required=True, help="comma-separated: mmlu, mmlu_cloze, gsm8k, rotten_tomatoes (offline), "
+                   "or any harness task name where the hub is reachable")
+    p.add_argument("--limit", type=int, help="at most this many questions per task (per subject for MMLU): a quick look")
+    p.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size (16 for a base model)")
+    p.add_argument("--num-fewshot", type=int, help="default: the task's own")
+    p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto",
+                   help="auto: a run in the template it trained with, a base model in its chat template if it has one")
+    p.add_argument("--no-base", action="store_true", help="do not add the runs' base models")
+    p.add_argument("--data-dir", help="where the offline tasks' files are (default: examples/data)")
+    p.add_argument("--include-path", action="append", default=[], help="a directory of harness task YAMLs of your own")
+    p.add_argument("--output", help="also write the JSON report to this file")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("embed", help="sentence embeddings of a JSONL of texts with an embedding run, into a .npy file")
+    p.add_argument("run_dir", help="an embedding run (task.name=embedding), or a model (mean pooling)")
+    p.add_argument("--input", required=True, help='JSONL of {"text": ...} rows, or a .txt file of one text a line')
+    p.add_argument("--output", required=True, help=".npy file: one row per input text, in input order")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("generate", help="answer a prompt, or a JSONL file of prompts, with a saved run")
     p.add_argument("run_dir")

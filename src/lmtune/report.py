@@ -68,3 +68,27 @@ def print_runs(summaries: list[dict]) -> None:
         table.add_row(s["name"], s["state"], str(s["step"]), s["task"] or "", s["method"] or "", str(s["model"] or ""),
                       f"{headline[0]} {_fmt(headline[1])}" if headline else "", _fmt(s["tokens_per_s"] or ""), when)
     console.print(table)
+
+
+def print_bench(report: dict) -> None:
+    """`lmtune bench`: a row per task metric, a column per model (value ± standard error), and the
+    change of each model against the first (the base)."""
+    models = report["models"]
+    table = Table(title="lmtune bench", show_header=True)
+    table.add_column("task")
+    table.add_column("metric")
+    for entry in models:
+        table.add_column(f"{entry['model']}{'' if entry['chat_template'] else ' (no template)'}", justify="right")
+    for entry in models[1:]:
+        table.add_column(f"Δ {entry['model']}", justify="right")
+    for task in report["tasks"]:
+        first = models[0]["tasks"][task]
+        for metric in first["metrics"]:
+            cells = []
+            for entry in models:
+                r = entry["tasks"][task]
+                err = r["stderr"].get(metric)
+                cells.append(f"{r['metrics'][metric]:.4f}" + (f" ± {err:.4f}" if isinstance(err, float) else ""))
+            cells += [f"{report['differences'][e['model']][task].get(metric, float('nan')):+.4f}" for e in models[1:]]
+            table.add_row(f"{task} ({first['samples']}, {first['num_fewshot']}-shot)", metric, *cells)
+    console.print(table)

@@ -7,7 +7,8 @@ once and a run list (the web UI, `lmtune runs`) can be built from disk alone:
     status.json      running / finished / interrupted / failed, the step reached, the error
     events.jsonl     what happened, one JSON object a line (docs/training.md lists the events)
     log.jsonl        one line per logging step (loss, learning rate, evaluation metrics)
-    metrics.json     zero_shot, final, train, best, saved, data (and interrupted)
+    metrics.json     zero_shot, final, train, best, saved, data (and interrupted, bench)
+    bench/<task>.json  benchmark results (`lmtune bench`, train.bench_after)
     loss.png         the curves of log.jsonl
     checkpoints/     checkpoint-N/ (complete ones only; see train/checkpoint.py)
     adapter/ | model/  the trained weights with the tokenizer
@@ -245,6 +246,15 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics_file, metrics)
+
+    def write_bench(self, task: str, result: dict) -> None:
+        (self.path / "bench").mkdir(exist_ok=True)
+        write_json_atomic(self.path / "bench" / f"{task}.json", result)
+
+    def bench(self) -> dict[str, dict]:
+        """task -> its latest benchmark result (bench/<task>.json)."""
+        folder = self.path / "bench"
+        return {f.stem: read_json(f) for f in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
     def append_log(self, record: dict) -> None:
         append_line(self.log_file, json.dumps(record))

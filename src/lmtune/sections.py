@@ -55,6 +55,8 @@ class DataConfig(Section):
     max_samples: Optional[int] = Field(None, gt=0, description="cap on training rows (after a seeded shuffle)")
     max_eval_samples: Optional[int] = Field(None, gt=0)
     on_bad_rows: Literal["error", "skip"] = "error"
+    score_range: Optional[tuple[float, float]] = Field(None, description="pairs: the gold scores' range, e.g. [0, 5] for STS-B "
+                                                       "(scaled to [0, 1] for the cosine loss); a score outside it is an error")
 
     @model_validator(mode="after")
     def _check_sources(self) -> "DataConfig":
@@ -62,6 +64,8 @@ class DataConfig(Section):
             raise ValueError("give data.train or data.mix, not both")
         if self.val_size is not None and self.validation:
             raise ValueError("give data.validation or data.val_size, not both")
+        if self.score_range is not None and not self.score_range[0] < self.score_range[1]:
+            raise ValueError("data.score_range: [low, high] with low < high")
         if self.streaming and (self.mix or self.val_size):
             raise ValueError("data.streaming reads one training source in order; it cannot be combined with data.mix or data.val_size")
         return self
@@ -120,6 +124,9 @@ class TrainConfig(Section):
     fsdp_config: Optional[dict[str, Any]] = Field(None, description="the Trainer's fsdp_config")
     deepspeed: Optional[str] = Field(None, description="a DeepSpeed JSON config file (ZeRO), passed to the Trainer")
     zero_shot_eval: bool = Field(True, description="measure the task's metrics before training too")
+    bench_after: list[str] = Field(default_factory=list, description="benchmarks (lm-evaluation-harness tasks such as mmlu, gsm8k) "
+                                   "run on the saved model when training ends; results in metrics.json and RUN_DIR/bench/")
+    bench_limit: Optional[int] = Field(None, gt=0, description="bench_after: at most this many questions per task (per subject for MMLU)")
     num_threads: Optional[int] = Field(None, gt=0, description="torch intra-op threads (default: all cores)")
 
 

@@ -73,8 +73,19 @@ class Prompt(TypedDict):
     fields: dict
 
 
+class SentencePair(TypedDict):
+    """Two texts for a bi-encoder: a gold similarity score (None for an anchor and its positive),
+    and optionally a third text unlike the first (a hard negative, "" when none)."""
+
+    anchor: str
+    positive: str
+    negative: str
+    score: float | None
+
+
 # Every family; a new one is a TypedDict above and its name here.
-FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords, Preference, Unpaired, Prompt)
+FAMILIES: tuple[type, ...] = (Chat, Document, LabelledText, ScoredText, TaggedWords, Preference, Unpaired, Prompt,
+                              SentencePair)
 # Stored as JSON text in a datasets row.
 JSON_FIELDS = ("messages", "segments", "words", "tags", "prompt", "chosen", "rejected", "completion", "fields")
 

@@ -101,7 +101,13 @@ def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
 def regression(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     """A text (and optionally a second text, text_pair) with a number to predict (label)."""
     text = text_field(row, loc, cfg, "text")
-    name = column(cfg, "label")
+    return ScoredText(text=text, pair=text_field(row, loc, cfg, "text_pair", required=False),
+                      label=number_field(row, loc, cfg, "label"))
+
+
+def number_field(row: dict[str, Any], loc: str, cfg: DataConfig, field: str) -> float:
+    """A finite number (CSV cells: a number's text)."""
+    name = column(cfg, field)
     value = row.get(name)
     if isinstance(value, str):  # CSV cells are strings
         try:
@@ -110,8 +116,8 @@ def regression(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
             raise DataError(f"{loc}: field {name!r} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         what = "missing" if value is None else f"not a number ({value!r})"
-        raise DataError(f"{loc}: field {name!r} is {what}{_mapping_hint('label', name)}")
-    return ScoredText(text=text, pair=text_field(row, loc, cfg, "text_pair", required=False), label=float(value))
+        raise DataError(f"{loc}: field {name!r} is {what}{_mapping_hint(field, name)}")
+    return float(value)
 
 
 @register_format("tokens", TaggedWords)
@@ -263,3 +269,4 @@ def check_conversation(turns: list[dict[str, Any]], loc: str, name: str) -> list
 
 
 from lmtune.data import preference_formats  # noqa: E402,F401  (registers preference and unpaired)
+from lmtune.data import pair_formats  # noqa: E402,F401  (registers pairs)

@@ -30,15 +30,20 @@ def load_engine(run_dir: str | Path) -> tuple[object, Engine]:
     return loaded.cfg, engine_of(loaded)
 
 
-def load_engines(run_dirs: list[str], base: str | None = None) -> dict[str, Engine]:
-    """model id -> Engine. Runs whose adapters can share a base (LoRA, DoRA, IA3 on the same
-    model) are loaded onto one copy of it; other runs get their own model."""
+def load_engines(run_dirs: list[str], base: str | None = None) -> dict[str, object]:
+    """model id -> Engine (an Embedder for an embedding run). Runs whose adapters can share a base
+    (LoRA, DoRA, IA3 on the same model) are loaded onto one copy of it; other runs get their own model."""
     engines: dict[str, Engine] = {}
     shared: dict[tuple, Engine] = {}  # (base model name, precision, template) -> the engine that owns the model
     for run_dir in run_dirs:
         run = RunDir.open(run_dir)
         name = _unique(run.path.resolve().name, engines)
         cfg = run.config()
+        if cfg.task.name == "embedding":  # served on /v1/embeddings
+            from lmtune.infer.embed import load_embedder
+
+            engines[name] = load_embedder(run)
+            continue
         key = (cfg.model.name, cfg.train.precision, cfg.data.template)
         shareable = METHODS.get(cfg.method.name).shareable
         if shareable and key in shared and (run.path / "adapter").is_dir():

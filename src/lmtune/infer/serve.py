@@ -1,7 +1,7 @@
 """`lmtune serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) over one or more runs.
 
 /v1/models, /v1/chat/completions and /v1/completions, plain or streamed (server-sent events),
-with usage counts and stop sequences. Requests are served concurrently; each model's engine holds
+with usage counts and stop sequences; /v1/embeddings over embedding runs (floats or base64). Requests are served concurrently; each model's engine holds
 a lock, so generations never interleave inside a model. Errors come in OpenAI's JSON shape.
 """
 
@@ -57,6 +57,14 @@ class Sampling(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(..., min_length=1)
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI's `user` and future fields are accepted
+    model: str
+    input: Union[str, list[str]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, gt=0)
 
 
 class CompletionRequest(Sampling):
@@ -121,11 +129,37 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
     def unknown_model(name: str):
         return error(404, f"The model {name!r} does not exist; GET /v1/models lists them.", code="model_not_found")
 
+    def generator(name: str):
+        """The generation engine of a model id, or the error response to send."""
+        engine = engines.get(name)
+        if engine is None:
+            return None, unknown_model(name)
+        if not isinstance(engine, Engine):
+            return None, error(400, f"The model {name!r} makes embeddings; use POST /v1/embeddings.")
+        return engine, None
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        embedder = engines.get(body.model)
+        if embedder is None:
+            return unknown_model(body.model)
+        if isinstance(embedder, Engine):
+            return error(400, f"The model {body.model!r} generates text; embeddings come from a run trained with task embedding.")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not isinstance(t, str) for t in texts):
+            return error(400, "input: give a string or a non-empty list of strings")
+        if body.dimensions is not None and body.dimensions != embedder.dim:
+            return error(400, f"dimensions: this model's embeddings have {embedder.dim}")
+        vectors, tokens = await run_in_threadpool(embedder.embed, texts)
+        return {"object": "list", "model": body.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
+                         for i, v in enumerate(vectors)]}
+
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
-        engine = engines.get(body.model)
-        if engine is None:
-            return unknown_model(body.model)
+        engine, failed = generator(body.model)
+        if failed is not None:
+            return failed
         messages = [{"role": m.template_role(), "content": m.text()} for m in body.messages]
         try:
             prompt = engine.prompt_ids(messages)
@@ -149,9 +183,9 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        engine = engines.get(body.model)
-        if engine is None:
-            return unknown_model(body.model)
+        engine, failed = generator(body.model)
+        if failed is not None:
+            return failed
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             return error(400, "prompt: give a string or a non-empty list of strings")
@@ -224,6 +258,16 @@ def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
     return app
 
 
+
+
+def encode_vector(vector, encoding: str):
+    """OpenAI's shapes: a list of floats, or base64 of little-endian float32 (what the openai client
+    asks for by default, and decodes)."""
+    if encoding == "base64":
+        import base64
+
+        return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 def _usage(prompt: int, completion: int) -> dict:

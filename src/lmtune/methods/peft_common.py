@@ -45,6 +45,8 @@ def task_type_of(model) -> str:
         return "SEQ_CLS"
     if name.endswith("ForTokenClassification"):
         return "TOKEN_CLS"
+    if getattr(model, "base_model", None) is model:  # a bare encoder / decoder, no head (task embedding)
+        return "FEATURE_EXTRACTION"
     return "CAUSAL_LM"
 
 

@@ -29,17 +29,21 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
     for col in ("split", "source", "rows", "skipped", "truncated", "tokens", "target tokens", "length min / mean / max"):
         table.add_column(col, justify="left" if col in ("split", "source") else "right")
     summary = {}
+    masked = "labels" in tokenized["train"][0].column_names  # task embedding has texts, no token targets
     for name, (ds, info) in tokenized.items():
-        targets = count_targets(ds["labels"])
-        no_target = sum(all(l == IGNORE for l in labels) for labels in labels_per_token(ds["labels"]))
+        targets = count_targets(ds["labels"]) if masked else 0
+        no_target = sum(all(l == IGNORE for l in labels) for labels in labels_per_token(ds["labels"])) if masked else 0
         lengths = info.lengths
         table.add_row(name, info.source, f"{info.rows:,}", f"{info.skipped:,}", f"{info.truncated:,}", f"{info.tokens:,}",
-                      f"{targets:,} ({100 * targets / max(info.tokens, 1):.1f}%)",
+                      f"{targets:,} ({100 * targets / max(info.tokens, 1):.1f}%)" if masked else "- (pairs)",
                       f"{lengths['min']} / {lengths['mean']} / {lengths['max']}")
         summary[name] = {**vars(info), "target_tokens": targets, "rows_without_target": no_target}
     console.print(table)
 
     train_ds = tokenized["train"][0]
+    if not masked:
+        show_pairs(console, tokenizer, train_ds, rows)
+        return summary
     answers_end_turns = FORMATS.get(cfg.data.format).family in (Chat, Preference)  # the model must learn to stop
     for warning in mask_warnings(tokenizer, labels_per_token(train_ds["labels"]), answers_end_turns,
                                  summary["train"]["rows_without_target"]):
@@ -58,6 +62,18 @@ def preview(cfg: Config, rows: int = 3, console: Console | None = None) -> dict:
             name = cfg.data.labels[label] if cfg.data.labels and isinstance(label, int) else label
             console.print(Text(tokenizer.decode(train_ds[i]["input_ids"]), style="dim") + Text(f"  -> {name}", style="bold"))
     return summary
+
+
+def show_pairs(console: Console, tokenizer, ds, rows: int) -> None:
+    """Each text of a pair as the model reads it (anchor, positive, negative) and its gold score."""
+    for i in range(min(rows, len(ds))):
+        console.rule(f"train row {i}")
+        row = ds[i]
+        for column, title in (("input_ids", "anchor"), ("positive_input_ids", "positive"), ("negative_input_ids", "negative")):
+            if row.get(column):
+                console.print(Text(f"{title}: ", style="bold") + Text(tokenizer.decode(row[column]), style="dim"))
+        if row.get("score") is not None:
+            console.print(Text(f"score: {row['score']:g}", style="bold"))
 
 
 def highlighted(tokenizer, ids: list[int], labels: list[int]) -> Text:

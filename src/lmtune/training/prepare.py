@@ -89,6 +89,11 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
     train_data, train_info = tokenized["train"]
     eval_data, eval_info = tokenized.get("validation", (None, None))
     task.fit(train_data)
+    if getattr(cfg.task, "teacher", None):  # task embedding: the teacher's vectors of every pair, once
+        from lmtune.infer.embed import with_teacher_embeddings
+
+        emit({"event": "phase", "name": "teacher_embeddings"})
+        train_data, eval_data = with_teacher_embeddings(cfg, splits, train_data, eval_data)
     if cfg.distill:
         from lmtune.loading import load_teacher
         from lmtune.tasks.distill import DistilledTask

@@ -4,10 +4,11 @@ writes every event as a JSON line in the run directory (events.jsonl), for a web
 program to follow. train() takes any list of reporters, so a notebook or a UI can add its own.
 
 Events, in the order a run sends them (docs/training.md describes each field):
-    started      run_id, output_dir, resumed_from, changed (config keys changed since the checkpoint)
+    started      run_id, output_dir, resumed_from, changed (config keys changed since the checkpoint),
+                 started_over (--resume of a run that stopped before its first checkpoint)
     data         splits: {train, validation} with rows, skipped, truncated, tokens, lengths; template
     model        method, trainable, total, weights, precision
-    phase        name: zero_shot_eval, compiling, training, final_eval, saving
+    phase        name: zero_shot_eval, compiling, training, final_eval, saving, bench
     evaluated    when (zero_shot, step, final), step, metrics
     step         step, max_steps, epoch, loss, learning_rate, grad_norm, tokens_per_s, elapsed_s, eta_s
     checkpoint   step, path
@@ -75,7 +76,10 @@ class ConsoleReporter:
         if self.quiet:
             return
         kind = event["event"]
-        if kind == "started" and event.get("resumed_from"):
+        if kind == "started" and event.get("started_over"):
+            say(f"--resume: {event['output_dir']} stopped before its first checkpoint; starting it again from the "
+                "beginning with its config")
+        elif kind == "started" and event.get("resumed_from"):
             if event.get("changed"):
                 say(f"resuming with changed settings: {', '.join(event['changed'])}")
             say(f"resuming from {event['resumed_from']}")
@@ -97,6 +101,7 @@ PHASES = {
     "zero_shot_eval": "zero-shot evaluation on the validation split ...",
     "compiling": "compiling {blocks} transformer blocks (torch.compile); the first steps take longer",
     "final_eval": "final evaluation on the validation split ...",
+    "bench": "benchmarks on the saved model (train.bench_after) ...",
 }
 
 

@@ -24,6 +24,7 @@ import torch
 from lmtune import hardware
 from lmtune.config import Config, config_to_yaml
 from lmtune.errors import ConfigError, LmtuneError
+from lmtune.eval.bench import bench_saved_run, check_bench_tasks
 from lmtune.model.precision import resolve_precision
 from lmtune.plot import plot_runs
 from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RUNNING, RunDir
@@ -68,12 +69,20 @@ def config_diff(a, b, prefix: str = "") -> set[str]:
     return set() if a == b else {prefix.rstrip(".")}
 
 
-def open_for_resume(cfg: Config, resume: str, main: bool) -> tuple[RunDir, Path, list[str]]:
+def open_for_resume(cfg: Config, resume: str, main: bool) -> tuple[RunDir, Optional[Path], list[str]]:
     """The run being resumed, its checkpoint (checked whole, and written by a run of this config),
-    and the settings changed since that checkpoint."""
+    and the settings changed since that checkpoint. A run stopped before its first checkpoint
+    starts again from the beginning (checkpoint None): its config is there, nothing else is kept."""
     import yaml
 
     run = RunDir(cfg.output.dir)
+    if resume == "latest" and run.is_run() and latest_checkpoint(run.checkpoints) is None:
+        changed = changed_settings(run.raw_config(), cfg, run.path)
+        if main:
+            if run.checkpoints.is_dir():
+                clear_staging(run.checkpoints)
+            run.truncate_log(-1)  # everything is redone, the zero-shot evaluation too
+        return run, None, changed
     if not run.checkpoints.is_dir():
         raise ConfigError(f"--resume: {run.path} has no checkpoints/ directory; is output.dir the run to resume?")
     checkpoint = resume_checkpoint(run.checkpoints, resume)
@@ -83,18 +92,22 @@ def open_for_resume(cfg: Config, resume: str, main: bool) -> tuple[RunDir, Path,
             run.raw_config() if run.is_run() else None)
     except (yaml.YAMLError, UnicodeDecodeError):
         raise ConfigError(f"--resume: {saved} is damaged; resume from another checkpoint with --resume PATH") from None
-    changed = []
-    if before is not None:
-        now = cfg.model_dump(mode="json")
-        changed = sorted(k for k in config_diff(before, now) if not k.startswith("output."))
-        clash = [k for k in changed if k.startswith(STRUCTURAL)]
-        if clash:
-            raise ConfigError(f"--resume: {checkpoint} was trained with other settings ({', '.join(clash[:4])}); resuming it "
-                              "would mix two runs. Train a new run (another output.dir), or resume with the same settings")
+    changed = changed_settings(before, cfg, checkpoint) if before is not None else []
     if main:
         clear_staging(run.checkpoints)
         run.truncate_log(checkpoint_step(checkpoint))
     return run, checkpoint, changed
+
+
+def changed_settings(before: dict, cfg: Config, where: Path) -> list[str]:
+    """The config keys changed since `before` (output.* aside); a change of what the run trains
+    (model, method, data, task) would mix two runs and is refused."""
+    changed = sorted(k for k in config_diff(before, cfg.model_dump(mode="json")) if not k.startswith("output."))
+    clash = [k for k in changed if k.startswith(STRUCTURAL)]
+    if clash:
+        raise ConfigError(f"--resume: {where} was trained with other settings ({', '.join(clash[:4])}); resuming it "
+                          "would mix two runs. Train a new run (another output.dir), or resume with the same settings")
+    return changed
 
 
 def train(cfg: Config, resume: Optional[str] = None, reporters: Optional[list] = None,
@@ -117,7 +130,8 @@ def train(cfg: Config, resume: Optional[str] = None, reporters: Optional[list] =
         run.write_config(cfg)
         status = run.set_status(RUNNING, step=checkpoint_step(checkpoint) if checkpoint else 0, error=None)
         reporter.emit({"event": "started", "run_id": status.run_id, "output_dir": str(run.path),
-                       "resumed_from": str(checkpoint) if checkpoint else None, "changed": changed})
+                       "resumed_from": str(checkpoint) if checkpoint else None, "changed": changed,
+                       "started_over": resume is not None and checkpoint is None})
     try:
         return _train(cfg, run, splits, checkpoint, reporter, stop, main)
     except RunInterrupted as e:
@@ -157,6 +171,8 @@ def _train(cfg: Config, run: RunDir, splits: dict, checkpoint: Optional[Path], r
         torch.set_num_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision)
+    if cfg.train.bench_after and main:  # a task that cannot run fails now, not after the training
+        check_bench_tasks(cfg.train.bench_after)
     args = training_arguments(cfg, run.path, precision, "validation" in splits)
     prep = prepare(cfg, splits, precision=precision, device=args.device, emit=reporter.emit,
                    zero_shot=cfg.train.zero_shot_eval and checkpoint is None and main,
@@ -225,6 +241,9 @@ def summarise(prep: Prepared, run: RunDir, metrics: dict, reporter: Reporters) -
     reporter.emit({"event": "phase", "name": "saving"})
     saved = run.save_weights(prep.model, prep.tokenizer)
     metrics["saved"] = {"path": str(saved), "size_mb": round(dir_size_mb(saved), 2)}
+    if cfg.train.bench_after:
+        reporter.emit({"event": "phase", "name": "bench"})
+        metrics["bench"] = bench_saved_run(run, cfg.train.bench_after, cfg.train.bench_limit)
     metrics["data"] = {name: vars(info) for name, info in (("train", prep.train_info), ("validation", prep.eval_info)) if info}
     run.write_metrics(metrics)
     write_plot(run)
