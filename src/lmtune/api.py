@@ -184,6 +184,14 @@ def serve_app(runs: Sequence[str | Path], base: Optional[str] = None, api_key: O
     return build_app(load_engines([str(r) for r in runs], base), api_key)
 
 
+def ui_app(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs", token: Optional[str] = None,
+           max_running: int = 1):
+    """The `lmtune ui` web application (FastAPI) over a runs directory."""
+    from lmtune.ui.app import build_ui
+
+    return build_ui(runs_dir, configs_dir, token, max_running)
+
+
 def describe_config(section: Optional[str] = None) -> str:
     """Every config key with its type, default and meaning (one section, or all)."""
     from lmtune.config_help import describe

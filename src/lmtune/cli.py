@@ -184,6 +184,15 @@ def cmd_serve(args) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
+def cmd_ui(args) -> None:
+    import uvicorn
+
+    app = api.ui_app(args.runs_dir, args.configs_dir, args.token, args.max_running)
+    where = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
+    print(f"lmtune: the web UI for {args.runs_dir} is on {where}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def add_sampling_options(p) -> None:
     defaults = SamplingDefaults()
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -309,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("LMTUNE_API_KEY"), help="require 'Authorization: Bearer KEY' (or set LMTUNE_API_KEY)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("ui", help="a web page to start, watch, stop and resume runs and read their results")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--configs-dir", default="configs", help="the configs a new run can start from")
+    p.add_argument("--token", default=os.environ.get("LMTUNE_UI_TOKEN"), help="require this token on every request")
+    p.add_argument("--max-running", type=int, default=1, help="runs training at once (default 1: a CPU machine)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into the base and write a plain model")
     p.add_argument("run_dir")

@@ -1,0 +1,168 @@
+"""`lmtune ui`: a web page over the runs directory (FastAPI, Jinja2 templates, htmx, uPlot, all
+served from this package: no CDN, no build step). Everything it shows is read from the run
+directories (status.json, events.jsonl, metrics.json, bench/), so it shows what the CLI did, and a
+restarted UI finds its runs again. New runs are `lmtune train` processes of their own (processes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from lmtune.config import load_config
+from lmtune.errors import LmtuneError
+from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RunDir
+from lmtune.ui.processes import console_log, start_training, stop_training
+
+HERE = Path(__file__).parent
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ENDED = (FINISHED, FAILED, INTERRUPTED)
+
+
+def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs", token: Optional[str] = None,
+             max_running: int = 1):
+    runs_root, configs_root = Path(runs_dir), Path(configs_dir)
+    app = FastAPI(title="lmtune ui")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    pages = Jinja2Templates(directory=HERE / "templates")
+
+    @app.middleware("http")
+    async def check_token(request: Request, call_next):
+        """With --token, every request carries it: ?token= once (kept in a cookie), or a Bearer header."""
+        if token is None or request.url.path.startswith("/static/"):
+            return await call_next(request)
+        given = (request.query_params.get("token") or request.cookies.get("lmtune_token")
+                 or request.headers.get("authorization", "").removeprefix("Bearer "))
+        if not secrets.compare_digest(given or "", token):
+            return JSONResponse({"error": "this lmtune ui needs its token: open the address it printed (?token=...)"},
+                                status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie("lmtune_token", token, httponly=True, samesite="strict")
+        return response
+
+    def run_of(name: str) -> RunDir:
+        run = RunDir(runs_root / name)
+        if not NAME.match(name) or not run.is_run():
+            raise HTTPException(404, f"no run {name!r} under {runs_root}")
+        return run
+
+    def summaries() -> list[dict]:
+        found = [RunDir(p) for p in sorted(runs_root.iterdir()) if (p / RunDir.CONFIG).is_file()] if runs_root.is_dir() else []
+        rows = []
+        for run in found:
+            try:
+                rows.append(run.summary())
+            except LmtuneError as e:  # a damaged run is listed with its problem, not hidden
+                rows.append({"name": run.path.name, "state": "unreadable", "error": str(e), "metrics": {}})
+        return sorted(rows, key=lambda s: s.get("updated") or 0, reverse=True)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def runs_page(request: Request):
+        return pages.TemplateResponse(request, "runs.html", {"runs_dir": str(runs_root)})
+
+    @app.get("/runs-table", response_class=HTMLResponse)
+    async def runs_table(request: Request):
+        return pages.TemplateResponse(request, "runs_table.html", {"runs": summaries()})
+
+    @app.get("/api/runs")
+    async def runs_json():
+        return summaries()
+
+    @app.get("/runs/{name}", response_class=HTMLResponse)
+    async def run_page(request: Request, name: str, message: str = ""):
+        run = run_of(name)
+        status = run.status()
+        log = console_log(runs_root, name)
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:] if log.is_file() else []
+        return pages.TemplateResponse(request, "run.html", {
+            "name": name, "status": status, "metrics": run.metrics(), "bench": run.bench(), "message": message,
+            "config": run.config_file.read_text(encoding="utf-8"), "tail": "\n".join(tail), "ended": status.state in ENDED})
+
+    @app.get("/runs/{name}/events")
+    async def run_events(request: Request, name: str):
+        """events.jsonl as server-sent events: what is there, then each new line, until the run ends."""
+        run = run_of(name)
+
+        async def stream():
+            sent = 0
+            while True:
+                lines = run.events_file.read_text(encoding="utf-8").splitlines() if run.events_file.is_file() else []
+                complete = lines if not lines or run.events_file.read_text(encoding="utf-8").endswith("\n") else lines[:-1]
+                for line in complete[sent:]:
+                    yield f"data: {line}\n\n"
+                sent = len(complete)
+                if run.status().state in ENDED and sent == len(complete):
+                    yield "event: end\ndata: {}\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/runs/{name}/stop")
+    async def stop(name: str):
+        pid = stop_training(run_of(name))
+        message = "asked to stop: it saves a checkpoint at the end of the step" if pid else "not running"
+        return RedirectResponse(f"/runs/{name}?message={message}", status_code=303)
+
+    @app.post("/runs/{name}/resume")
+    async def resume(name: str):
+        run = run_of(name)
+        try:
+            start_training(runs_root, run.config_file, name, [], resume=True, max_running=max_running)
+            message = "resumed"
+        except LmtuneError as e:
+            message = str(e)
+        return RedirectResponse(f"/runs/{name}?message={message}", status_code=303)
+
+    def configs() -> list[str]:
+        return sorted(p.name for p in configs_root.glob("*.yaml")) if configs_root.is_dir() else []
+
+    @app.get("/new", response_class=HTMLResponse)
+    async def new_page(request: Request):
+        return pages.TemplateResponse(request, "new.html", {"configs": configs(), "error": None, "form": {}})
+
+    @app.post("/new", response_class=HTMLResponse)
+    async def new_run(request: Request, config: str = Form(...), name: str = Form(...), overrides: str = Form("")):
+        form = {"config": config, "name": name, "overrides": overrides}
+
+        def again(error: str):
+            return pages.TemplateResponse(request, "new.html", {"configs": configs(), "error": error, "form": form},
+                                          status_code=400)
+
+        if config not in configs():
+            return again(f"no config {config!r} in {configs_root}")
+        if not NAME.match(name):
+            return again("the run name: letters, digits, '.', '_' and '-'")
+        if (runs_root / name).exists():
+            return again(f"{runs_root / name} exists already; choose another name")
+        lines = [line.strip() for line in overrides.splitlines() if line.strip()]
+        try:
+            load_config(configs_root / config, lines)  # the CLI's own checks and messages, before anything starts
+            start_training(runs_root, configs_root / config, name, lines, max_running=max_running)
+        except (LmtuneError, ValueError) as e:
+            return again(str(e))
+        return RedirectResponse(f"/runs/{name}", status_code=303)
+
+    @app.get("/new/command", response_class=HTMLResponse)
+    async def new_command(config: str = "", name: str = "", overrides: str = ""):
+        """The exact command the form will run, for copying."""
+        import html
+        import shlex
+
+        lines = [line.strip() for line in overrides.splitlines() if line.strip()]
+        command = shlex.join(["lmtune", "train", str(configs_root / config), "--output-dir", str(runs_root / name), *lines])
+        return f"<code>{html.escape(command)}</code>"
+
+    app.state.runs_dir = runs_root
+    return app

@@ -1,0 +1,59 @@
+"""Runs started from the web UI: each is its own `lmtune train` process, detached from the UI
+server (a new session), writing only to its run directory; its console output goes to a file,
+never to a pipe someone must read (a training that blocks on a full pipe when the browser or the
+UI server goes away is what LLaMA-Factory's board did, #8485 #8817). Closing the page or
+restarting the UI server never stops a run; the run list is read from disk again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from lmtune.errors import ConfigError
+from lmtune.run_dir import RUNNING, RunDir
+
+LOGS = ".ui-logs"  # under the runs directory: a run directory must be empty before `lmtune train` makes it
+
+
+def console_log(runs_dir: Path, name: str) -> Path:
+    return runs_dir / LOGS / f"{name}.log"
+
+
+def running_runs(runs_dir: Path) -> list[RunDir]:
+    return [RunDir(p) for p in sorted(runs_dir.iterdir()) if (p / RunDir.CONFIG).is_file() and RunDir(p).status().state == RUNNING] \
+        if runs_dir.is_dir() else []
+
+
+def start_training(runs_dir: Path, config: Path, name: str, overrides: list[str], resume: bool = False,
+                   max_running: int = 1) -> Path:
+    """`lmtune train CONFIG --output-dir RUNS/NAME [overrides] [--resume]` in its own process."""
+    busy = running_runs(runs_dir)
+    if len(busy) >= max_running:
+        raise ConfigError(f"{busy[0].path.name} is still running; this machine trains {max_running} run at a time "
+                          "(lmtune ui --max-running N)")
+    out = runs_dir / name
+    log = console_log(runs_dir, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "lmtune", "train", str(config), "--output-dir", str(out), *overrides]
+    if resume:
+        command.append("--resume")
+    with open(log, "ab") as sink:
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return out
+
+
+def stop_training(run: RunDir) -> Optional[int]:
+    """SIGTERM to the run's process (it saves a checkpoint at the end of the step and stops)."""
+    status = run.status()
+    if status.state != RUNNING or not status.pid:
+        return None
+    if status.host and status.host != socket.gethostname():
+        raise ConfigError(f"{run.path.name} runs on {status.host}; stop it there")
+    os.kill(status.pid, signal.SIGTERM)
+    return status.pid
