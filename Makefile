@@ -15,6 +15,7 @@ STAMP := $(VENV)/.lmtune-installed
 LLAMA_CPP_CMAKE := -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
+BROWSER_STAMP := $(VENV)/.browser-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +30,22 @@ $(LLAMA_CPP_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q llama-cpp-python==0.3.36
 	touch $(LLAMA_CPP_STAMP)
 
+# For the web UI's browser test: Debian's chromium and its driver (apt; nothing is downloaded by
+# Selenium or Playwright). Without root or apt the browser test is skipped, and this says so.
+$(BROWSER_STAMP): $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null) || \
+	  echo "lmtune: could not install chromium and chromium-driver with apt-get; the web UI's browser test will be skipped"
+	touch $(BROWSER_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lmtune train configs/sentiment_lora.yaml --output-dir runs/sentiment_lora-$$(date +%Y%m%d-%H%M%S)
 
 # lint-imports: the layering contract in pyproject.toml (nothing imports a layer above it).
-test: $(STAMP) $(LLAMA_CPP_STAMP)
+test: $(STAMP) $(LLAMA_CPP_STAMP) $(BROWSER_STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 

@@ -77,15 +77,20 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
     async def runs_json():
         return summaries()
 
+    def console_tail(name: str) -> str:
+        log = console_log(runs_root, name)
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]) if log.is_file() else ""
+
     @app.get("/runs/{name}", response_class=HTMLResponse)
     async def run_page(request: Request, name: str, message: str = ""):
+        if NAME.match(name) and not RunDir(runs_root / name).is_run() and console_log(runs_root, name).is_file():
+            # Started from this page a moment ago: `lmtune train` is still reading its data and making the directory.
+            return pages.TemplateResponse(request, "starting.html", {"name": name, "tail": console_tail(name)})
         run = run_of(name)
         status = run.status()
-        log = console_log(runs_root, name)
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:] if log.is_file() else []
         return pages.TemplateResponse(request, "run.html", {
             "name": name, "status": status, "metrics": run.metrics(), "bench": run.bench(), "message": message,
-            "config": run.config_file.read_text(encoding="utf-8"), "tail": "\n".join(tail), "ended": status.state in ENDED})
+            "config": run.config_file.read_text(encoding="utf-8"), "tail": console_tail(name), "ended": status.state in ENDED})
 
     @app.get("/runs/{name}/events")
     async def run_events(request: Request, name: str):

@@ -1,0 +1,129 @@
+"""`lmtune ui` in a real browser: Debian's chromium, driven by Selenium through chromium-driver (both
+installed by `make test` when missing; no browser is downloaded). Set LMTUNE_UI_SCREENSHOTS=DIR to
+write a screenshot of each page there (docs/ui/ holds the ones docs/ui.md shows)."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_ui import tiny_config
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="apt-get install chromium chromium-driver (make test does)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ui(tmp_path, tiny_llama):
+    import uvicorn
+
+    from lmtune.api import ui_app
+
+    config = tiny_config(tmp_path, tiny_llama, save_steps=2, epochs=40)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(ui_app(tmp_path / "runs", tmp_path / "configs"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", config, tmp_path / "runs"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def until(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError("timed out")
+
+
+def shot(driver, name: str) -> None:
+    folder = os.environ.get("LMTUNE_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
+
+
+def unlabelled_controls(driver) -> list:
+    """Form controls without a label, and buttons without text: what a screen reader cannot name."""
+    return driver.execute_script("""
+        const bad = [];
+        document.querySelectorAll('input, select, textarea').forEach(e => { if (!e.labels || !e.labels.length) bad.push(e.outerHTML); });
+        document.querySelectorAll('button').forEach(b => { if (!b.textContent.trim()) bad.push(b.outerHTML); });
+        return bad;""")
+
+
+def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    base, config, runs = ui
+    browser.get(f"{base}/new")
+    assert unlabelled_controls(browser) == []
+    Select(browser.find_element(By.ID, "config")).select_by_visible_text(config)
+    browser.find_element(By.ID, "name").send_keys("run1")
+    browser.find_element(By.ID, "overrides").send_keys("train.seed=1")
+    until(lambda: "--output-dir" in browser.find_element(By.ID, "command").text)  # the exact command, live
+    shot(browser, "new-run")
+    browser.find_element(By.ID, "overrides").send_keys(Keys.TAB, Keys.ENTER)  # the keyboard reaches the button
+    until(lambda: browser.current_url.endswith("/runs/run1"))
+    # The chart gains points while the run trains (from its event stream).
+    points = 'return window.runChart ? window.runChart.steps.length : 0'
+    first = until(lambda: browser.execute_script(points))
+    until(lambda: browser.execute_script(points) > first + 2)
+    assert unlabelled_controls(browser) == []
+    shot(browser, "run-training")
+    until(lambda: list((runs / "run1" / "checkpoints").glob("checkpoint-*")))
+    browser.find_element(By.XPATH, "//button[starts-with(normalize-space(), 'Stop')]").click()
+    until(lambda: '"state": "interrupted"' in (runs / "run1" / "status.json").read_text())
+    browser.refresh()
+    assert browser.find_element(By.ID, "state").text == "interrupted"
+    # Resume for two epochs in all: change the saved config (a resume may train longer or shorter).
+    cfg = runs / "run1" / "config.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["epochs"] = 2
+    cfg.write_text(yaml.safe_dump(raw))
+    browser.refresh()
+    browser.find_element(By.XPATH, "//button[normalize-space()='Resume']").click()
+    until(lambda: browser.current_url.endswith("/runs/run1?message=resumed"))
+    # Close the page while it trains: the run goes on and finishes without it.
+    browser.get("about:blank")
+    until(lambda: '"state": "finished"' in (runs / "run1" / "status.json").read_text(), timeout=240)
+    browser.get(f"{base}/runs/run1")
+    assert browser.find_element(By.ID, "metrics").text  # the final metrics table
+    shot(browser, "run-finished")
+    browser.get(base)
+    until(lambda: "run1" in browser.find_element(By.ID, "runs").text)
+    assert "finished" in browser.find_element(By.ID, "runs").text
+    shot(browser, "runs")
