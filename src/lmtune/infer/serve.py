@@ -1,8 +1,9 @@
 """`lmtune serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) over one or more runs.
 
 /v1/models, /v1/chat/completions and /v1/completions, plain or streamed (server-sent events),
-with usage counts and stop sequences; /v1/embeddings over embedding runs (floats or base64). Requests are served concurrently; each model's engine holds
-a lock, so generations never interleave inside a model. Errors come in OpenAI's JSON shape.
+with usage counts and stop sequences; /v1/embeddings over embedding runs (floats or base64).
+Requests are served concurrently; each model's engine holds a lock, so generations never
+interleave inside a model. Errors come in OpenAI's JSON shape.
 """
 
 from __future__ import annotations
