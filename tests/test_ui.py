@@ -61,6 +61,11 @@ def test_a_finished_run_its_page_and_its_event_stream(tmp_path, tiny_llama):
         kinds = [line for line in stream.iter_lines() if line.startswith(("data:", "event:"))]
     assert '"event": "started"' in kinds[0] and any('"event": "step"' in k for k in kinds) and kinds[-2] == "event: end"
     assert client.get("/runs/../etc").status_code == 404 and client.get("/runs/nothing").status_code == 404
+    # Chat with the finished run through the same OpenAI-compatible router as `lmtune serve`.
+    reply = client.post("/v1/chat/completions", json={"model": "done", "messages": [{"role": "user", "content": "hi"}],
+                                                      "temperature": 0, "max_tokens": 4})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant"
+    assert client.post("/v1/chat/completions", json={"model": "nothing", "messages": [{"role": "user", "content": "hi"}]}).status_code == 404
 
 
 def test_new_run_form_validates_like_the_cli_then_starts_stops_and_resumes_a_process(tmp_path, tiny_llama):

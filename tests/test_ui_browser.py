@@ -122,6 +122,12 @@ def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tm
     until(lambda: '"state": "finished"' in (runs / "run1" / "status.json").read_text(), timeout=240)
     browser.get(f"{base}/runs/run1")
     assert browser.find_element(By.ID, "metrics").text  # the final metrics table
+    # A chat with the finished run, streamed through the router `lmtune serve` has.
+    browser.find_element(By.ID, "message").send_keys("a gorgeous, witty film")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Send']").click()
+    until(lambda: browser.execute_script("return chatHistory.length") == 2, timeout=120)
+    assert browser.find_element(By.ID, "answer").text.strip()
+    assert unlabelled_controls(browser) == []
     shot(browser, "run-finished")
     browser.get(base)
     until(lambda: "run1" in browser.find_element(By.ID, "runs").text)

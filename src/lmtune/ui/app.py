@@ -19,10 +19,27 @@ from fastapi.templating import Jinja2Templates
 
 from lmtune.config import load_config
 from lmtune.errors import LmtuneError
+from lmtune.infer.serve import install_error_handlers, openai_router
 from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RunDir
 from lmtune.ui.processes import console_log, start_training, stop_training
 
 HERE = Path(__file__).parent
+
+
+class RunEngines(dict):
+    """model id (a run's name) -> its engine, loaded the first time a chat asks for it: the UI
+    chats through the same OpenAI-compatible router as `lmtune serve`."""
+
+    def __init__(self, runs_root: Path):
+        super().__init__()
+        self.runs_root = runs_root
+
+    def get(self, name, default=None):
+        if name not in self and NAME.match(name or "") and RunDir(self.runs_root / name).status().state == FINISHED:
+            from lmtune.infer.load import load_engines
+
+            self.update(load_engines([str(self.runs_root / name)]))
+        return super().get(name, default)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENDED = (FINISHED, FAILED, INTERRUPTED)
 
@@ -32,6 +49,8 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
     runs_root, configs_root = Path(runs_dir), Path(configs_dir)
     app = FastAPI(title="lmtune ui")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    install_error_handlers(app)
+    app.include_router(openai_router(RunEngines(runs_root)))  # chat with a finished run (the token guards it too)
     pages = Jinja2Templates(directory=HERE / "templates")
 
     @app.middleware("http")
