@@ -61,6 +61,14 @@ def test_a_finished_run_its_page_and_its_event_stream(tmp_path, tiny_llama):
         kinds = [line for line in stream.iter_lines() if line.startswith(("data:", "event:"))]
     assert '"event": "started"' in kinds[0] and any('"event": "step"' in k for k in kinds) and kinds[-2] == "event: end"
     assert client.get("/runs/../etc").status_code == 404 and client.get("/runs/nothing").status_code == 404
+    # Two runs compared: both curves (from log.jsonl) and their final metrics side by side.
+    train(load_config(None, [f"model.name={tiny_llama}", f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}",
+                             "data.format=classification", "data.labels=[negative, positive]", "task.name=label_tokens",
+                             "data.max_samples=16", "train.max_steps=3", "train.logging_steps=1", "train.precision=fp32",
+                             "train.zero_shot_eval=false", "train.lr=1e-2", f"output.dir={runs / 'other'}"]), reporters=[])
+    assert 'name="run" value="other"' in client.get("/runs-table").text
+    page = client.get("/compare", params=[("run", "done"), ("run", "other")]).text
+    assert '"done": [[1,' in page and '"other": [[1,' in page and 'id="compare-metrics"' in page
     # Chat with the finished run through the same OpenAI-compatible router as `lmtune serve`.
     reply = client.post("/v1/chat/completions", json={"model": "done", "messages": [{"role": "user", "content": "hi"}],
                                                       "temperature": 0, "max_tokens": 4})

@@ -132,4 +132,10 @@ def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tm
     browser.get(base)
     until(lambda: "run1" in browser.find_element(By.ID, "runs").text)
     assert "finished" in browser.find_element(By.ID, "runs").text
+    assert unlabelled_controls(browser) == []
     shot(browser, "runs")
+    browser.find_element(By.CSS_SELECTOR, "input[name=run][value=run1]").click()
+    browser.find_element(By.XPATH, "//button[normalize-space()='Compare the chosen runs']").click()
+    until(lambda: "/compare?run=run1" in browser.current_url)
+    assert browser.execute_script("return window.compareChart.points[0]") > 0
+    shot(browser, "compare")

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Optional
 
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -148,6 +148,16 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         except LmtuneError as e:
             message = str(e)
         return RedirectResponse(f"/runs/{name}?message={message}", status_code=303)
+
+    @app.get("/compare", response_class=HTMLResponse)
+    async def compare(request: Request, run: list[str] = Query(default=[])):
+        """The chosen runs' loss curves on one chart (from log.jsonl) and their metrics side by side."""
+        chosen = [run_of(name) for name in dict.fromkeys(run)]
+        curves = {r.path.name: [(rec["step"], rec["loss"]) for rec in (r.log() if r.log_file.is_file() else []) if "loss" in rec]
+                  for r in chosen}
+        metrics = {r.path.name: r.metrics().get("final") or {} for r in chosen}
+        names = list(dict.fromkeys(k for m in metrics.values() for k in m))
+        return pages.TemplateResponse(request, "compare.html", {"curves": curves, "metrics": metrics, "names": names})
 
     def configs() -> list[str]:
         return sorted(p.name for p in configs_root.glob("*.yaml")) if configs_root.is_dir() else []
