@@ -69,6 +69,16 @@ def test_a_finished_run_its_page_and_its_event_stream(tmp_path, tiny_llama):
     assert 'name="run" value="other"' in client.get("/runs-table").text
     page = client.get("/compare", params=[("run", "done"), ("run", "other")]).text
     assert '"done": [[1,' in page and '"other": [[1,' in page and 'id="compare-metrics"' in page
+    # Export from the page: a process of its own, listed on the run's page with its last line.
+    assert client.post("/runs/done/export", data={"format": "safetensors"}, follow_redirects=False).status_code == 303
+    exported = runs / ".ui-exports" / "done-safetensors"
+    deadline = time.monotonic() + 120
+    while "exported a self-contained model" not in client.get("/runs/done").text:
+        assert time.monotonic() < deadline, client.get("/runs/done").text[-2000:]
+        time.sleep(0.5)
+    assert (exported / "README.md").is_file()
+    again = client.post("/runs/done/export", data={"format": "safetensors"})
+    assert "exists already" in again.text
     # Chat with the finished run through the same OpenAI-compatible router as `lmtune serve`.
     reply = client.post("/v1/chat/completions", json={"model": "done", "messages": [{"role": "user", "content": "hi"}],
                                                       "temperature": 0, "max_tokens": 4})

@@ -21,7 +21,7 @@ from lmtune.config import load_config
 from lmtune.errors import LmtuneError
 from lmtune.infer.serve import install_error_handlers, openai_router
 from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RunDir
-from lmtune.ui.processes import console_log, start_training, stop_training
+from lmtune.ui.processes import EXPORTS, console_log, start_export, start_training, stop_training
 
 HERE = Path(__file__).parent
 
@@ -109,7 +109,8 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         status = run.status()
         return pages.TemplateResponse(request, "run.html", {
             "name": name, "status": status, "metrics": run.metrics(), "bench": run.bench(), "message": message,
-            "config": run.config_file.read_text(encoding="utf-8"), "tail": console_tail(name), "ended": status.state in ENDED})
+            "config": run.config_file.read_text(encoding="utf-8"), "tail": console_tail(name), "ended": status.state in ENDED,
+            "exports": exports_of(name)})
 
     @app.get("/runs/{name}/events")
     async def run_events(request: Request, name: str):
@@ -148,6 +149,28 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         except LmtuneError as e:
             message = str(e)
         return RedirectResponse(f"/runs/{name}?message={message}", status_code=303)
+
+    @app.post("/runs/{name}/export")
+    async def export(name: str, format: str = Form("safetensors"), quant: str = Form("q8_0")):
+        run = run_of(name)
+        if format not in ("safetensors", "gguf") or not re.match(r"^[a-z0-9_]+$", quant):
+            raise HTTPException(400, "format: safetensors or gguf")
+        try:
+            out = start_export(runs_root, run, format, quant)
+            message = f"exporting to {out}; the page lists it when it is written"
+        except LmtuneError as e:
+            message = str(e)
+        return RedirectResponse(f"/runs/{name}?message={message}", status_code=303)
+
+    def exports_of(name: str) -> list[dict]:
+        """What was exported from this run, each with its log's last line (done, or the error)."""
+        folder = runs_root / EXPORTS
+        found = []
+        for path in sorted(folder.glob(f"{name}-*")) if folder.is_dir() else []:
+            log = console_log(runs_root, f"{path.name}.export")
+            lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log.is_file() else []
+            found.append({"path": str(path), "last": lines[-1] if lines else ""})
+        return found
 
     @app.get("/compare", response_class=HTMLResponse)
     async def compare(request: Request, run: list[str] = Query(default=[])):

@@ -18,6 +18,7 @@ from lmtune.errors import ConfigError
 from lmtune.run_dir import RUNNING, RunDir
 
 LOGS = ".ui-logs"  # under the runs directory: a run directory must be empty before `lmtune train` makes it
+EXPORTS = ".ui-exports"  # exports made from the page
 
 
 def console_log(runs_dir: Path, name: str) -> Path:
@@ -45,6 +46,22 @@ def start_training(runs_dir: Path, config: Path, name: str, overrides: list[str]
     with open(log, "ab") as sink:
         subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                          start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return out
+
+
+def start_export(runs_dir: Path, run: RunDir, fmt: str, quant: str) -> Path:
+    """`lmtune export RUN RUNS/.ui-exports/NAME-FORMAT` in its own process; its output in a log file."""
+    name = f"{run.path.name}-{fmt}" + (f"-{quant}" if fmt == "gguf" else "")
+    out = runs_dir / EXPORTS / name
+    if out.exists():
+        raise ConfigError(f"{out} exists already: the export was made (or is being made)")
+    log = console_log(runs_dir, f"{name}.export")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "lmtune", "export", str(run.path), str(out), "--format", fmt]
+    if fmt == "gguf":
+        command += ["--quant", quant]
+    with open(log, "ab") as sink:
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     return out
 
 
