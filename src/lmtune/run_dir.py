@@ -411,3 +411,9 @@ def read_jsonl(path: Path) -> list[dict]:
                 break
             raise ConfigError(f"{path}:{number}: not a JSON line") from None
     return records
+
+
+def runs_under(directory: str | Path) -> list[RunDir]:
+    """Every run directory (one with config.yaml) directly under `directory`, by name."""
+    root = Path(directory)
+    return [RunDir(p) for p in sorted(root.iterdir()) if (p / RunDir.CONFIG).is_file()] if root.is_dir() else []

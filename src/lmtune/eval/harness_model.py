@@ -43,6 +43,7 @@ def continuation_logprobs(lm, loaded: Loaded, requests, disable_tqdm: bool, over
     from lm_eval.models.utils import Collator
     from tqdm import tqdm
 
+    from lmtune.data.collate import PadCollator
     from lmtune.data.tokenize import IGNORE
     from lmtune.model.precision import autocast, model_device
     from lmtune.tasks.base import target_logits
@@ -50,20 +51,15 @@ def continuation_logprobs(lm, loaded: Loaded, requests, disable_tqdm: bool, over
     reorder = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])),
                        group_by="contexts", group_fn=lambda r: r[1] + r[2][:-1])
     batch_size = override_bs or (lm.batch_size if lm.batch_size != "auto" else 16)
-    device, pad = model_device(loaded.model), loaded.tokenizer.pad_token_id or 0
+    device, pad = model_device(loaded.model), PadCollator(loaded.tokenizer.pad_token_id)
     results = []
     bar = tqdm(total=len(requests), disable=disable_tqdm or lm.rank != 0, desc="Running loglikelihood requests")
     for chunk in reorder.get_batched(n=batch_size):
-        rows = [(ctx + cont)[-lm.max_length:] for _, ctx, cont in chunk]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full_like(ids, IGNORE)
-        attention = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (row, (_, _, cont)) in enumerate(zip(rows, chunk)):
-            ids[i, : len(row)] = torch.tensor(row)
-            labels[i, len(row) - len(cont): len(row)] = torch.tensor(cont)
-            attention[i, : len(row)] = True
-        inputs = {"input_ids": ids.to(device), "attention_mask": attention.long().to(device), "labels": labels.to(device)}
+        rows = []  # the sequence, cut from the left to the model's length, with its continuation as the targets
+        for _, ctx, cont in chunk:
+            ids = (ctx + cont)[-lm.max_length:]
+            rows.append({"input_ids": ids, "labels": [IGNORE] * (len(ids) - len(cont)) + cont})
+        inputs = {k: v.to(device) for k, v in pad(rows).items()}
         with torch.no_grad(), autocast(device, loaded.precision):
             logits, _ = target_logits(loaded.model, inputs)
         logprobs = torch.log_softmax(logits, dim=-1).split([len(cont) for _, _, cont in chunk])

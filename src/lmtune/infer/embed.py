@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from lmtune.config import validate_config
+from lmtune.data.collate import PadCollator
 from lmtune.errors import ConfigError, DataError
 from lmtune.loading import Loaded, load_for_inference, make_task
 from lmtune.model.load import load_model_and_tokenizer
@@ -41,14 +42,11 @@ class Embedder:
         ids, _ = self.task.tokenize([t if t.strip() else " " for t in texts])
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = torch.empty(len(ids), self.dim)
-        device, pad = model_device(self.model), self.task.tokenizer.pad_token_id or 0
+        device, pad = model_device(self.model), PadCollator(self.task.tokenizer.pad_token_id)
         with self.lock, autocast(device, self.precision):
             for start in range(0, len(order), batch_size):
                 chunk = order[start: start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                batch = {"input_ids": torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in chunk], device=device),
-                         "attention_mask": torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in chunk],
-                                                        device=device)}
+                batch = {k: v.to(device) for k, v in pad([{"input_ids": ids[i]} for i in chunk]).items()}
                 out[chunk] = self.task.embed(self.model, batch).cpu()
         return out, sum(map(len, ids))
 

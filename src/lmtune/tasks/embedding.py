@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
+from lmtune.data.collate import PadCollator
 from lmtune.data.examples import SentencePair, from_batch
 from lmtune.data.tokenize import clip_text, text_budget
 from lmtune.methods import METHODS
@@ -71,17 +72,12 @@ class EmbeddingCollator:
     so each step is one forward pass; the gold scores and teacher targets beside them."""
 
     def __init__(self, pad_token_id: int):
-        self.pad = pad_token_id
+        self.pad = PadCollator(pad_token_id)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         groups = [c for c in TEXTS if all(r.get(c) for r in rows)]
-        texts = [r[c] for c in groups for r in rows]
-        width = max(map(len, texts))
-        out = {
-            "input_ids": torch.tensor([t + [self.pad] * (width - len(t)) for t in texts], dtype=torch.long),
-            "attention_mask": torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in texts], dtype=torch.long),
-            "score": torch.tensor([float("nan") if r["score"] is None else r["score"] for r in rows], dtype=torch.float32),
-        }
+        out = self.pad([{"input_ids": r[c]} for c in groups for r in rows])  # input_ids, attention_mask
+        out["score"] = torch.tensor([float("nan") if r["score"] is None else r["score"] for r in rows], dtype=torch.float32)
         if "teacher" in rows[0]:
             out["teacher"] = torch.tensor([r["teacher"] for r in rows], dtype=torch.float32)  # (rows, 2, dim)
         return out

@@ -20,10 +20,12 @@ from fastapi.templating import Jinja2Templates
 from lmtune.config import load_config
 from lmtune.errors import LmtuneError
 from lmtune.infer.serve import install_error_handlers, openai_router
-from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RunDir
+from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RunDir, runs_under
 from lmtune.ui.processes import EXPORTS, console_log, start_export, start_training, stop_training
 
 HERE = Path(__file__).parent
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ENDED = (FINISHED, FAILED, INTERRUPTED)
 
 
 class RunEngines(dict):
@@ -40,8 +42,11 @@ class RunEngines(dict):
 
             self.update(load_engines([str(self.runs_root / name)]))
         return super().get(name, default)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-ENDED = (FINISHED, FAILED, INTERRUPTED)
+
+
+def override_lines(text: str) -> list[str]:
+    """The form's overrides: one `key.sub=value` a line, blank lines ignored."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs", token: Optional[str] = None,
@@ -75,9 +80,8 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         return run
 
     def summaries() -> list[dict]:
-        found = [RunDir(p) for p in sorted(runs_root.iterdir()) if (p / RunDir.CONFIG).is_file()] if runs_root.is_dir() else []
         rows = []
-        for run in found:
+        for run in runs_under(runs_root):
             try:
                 rows.append(run.summary())
             except LmtuneError as e:  # a damaged run is listed with its problem, not hidden
@@ -118,14 +122,18 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         run = run_of(name)
 
         async def stream():
-            sent = 0
+            offset = 0  # bytes of events.jsonl sent: each poll reads only what was appended since
             while True:
-                lines = run.events_file.read_text(encoding="utf-8").splitlines() if run.events_file.is_file() else []
-                complete = lines if not lines or run.events_file.read_text(encoding="utf-8").endswith("\n") else lines[:-1]
-                for line in complete[sent:]:
+                new = b""
+                if run.events_file.is_file():
+                    with open(run.events_file, "rb") as f:
+                        f.seek(offset)
+                        new = f.read()
+                complete = new[: new.rfind(b"\n") + 1]  # a line being written is sent when it is whole
+                offset += len(complete)
+                for line in complete.decode("utf-8").splitlines():
                     yield f"data: {line}\n\n"
-                sent = len(complete)
-                if run.status().state in ENDED and sent == len(complete):
+                if run.status().state in ENDED and len(complete) == len(new):
                     yield "event: end\ndata: {}\n\n"
                     return
                 if await request.is_disconnected():
@@ -203,7 +211,7 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
             return again("the run name: letters, digits, '.', '_' and '-'")
         if (runs_root / name).exists():
             return again(f"{runs_root / name} exists already; choose another name")
-        lines = [line.strip() for line in overrides.splitlines() if line.strip()]
+        lines = override_lines(overrides)
         try:
             load_config(configs_root / config, lines)  # the CLI's own checks and messages, before anything starts
             start_training(runs_root, configs_root / config, name, lines, max_running=max_running)
@@ -217,8 +225,8 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         import html
         import shlex
 
-        lines = [line.strip() for line in overrides.splitlines() if line.strip()]
-        command = shlex.join(["lmtune", "train", str(configs_root / config), "--output-dir", str(runs_root / name), *lines])
+        command = shlex.join(["lmtune", "train", str(configs_root / config), "--output-dir", str(runs_root / name),
+                              *override_lines(overrides)])
         return f"<code>{html.escape(command)}</code>"
 
     app.state.runs_dir = runs_root

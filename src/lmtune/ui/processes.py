@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from lmtune.errors import ConfigError
-from lmtune.run_dir import RUNNING, RunDir
+from lmtune.run_dir import RUNNING, RunDir, runs_under
 
 LOGS = ".ui-logs"  # under the runs directory: a run directory must be empty before `lmtune train` makes it
 EXPORTS = ".ui-exports"  # exports made from the page
@@ -26,8 +26,15 @@ def console_log(runs_dir: Path, name: str) -> Path:
 
 
 def running_runs(runs_dir: Path) -> list[RunDir]:
-    return [RunDir(p) for p in sorted(runs_dir.iterdir()) if (p / RunDir.CONFIG).is_file() and RunDir(p).status().state == RUNNING] \
-        if runs_dir.is_dir() else []
+    return [run for run in runs_under(runs_dir) if run.status().state == RUNNING]
+
+
+def spawn(command: list[str], log: Path) -> None:
+    """`python -m lmtune ...` in a new session, its output appended to `log`, no pipe to read."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as sink:
+        subprocess.Popen([sys.executable, "-m", "lmtune", *command], stdin=subprocess.DEVNULL, stdout=sink,
+                         stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def start_training(runs_dir: Path, config: Path, name: str, overrides: list[str], resume: bool = False,
@@ -38,14 +45,8 @@ def start_training(runs_dir: Path, config: Path, name: str, overrides: list[str]
         raise ConfigError(f"{busy[0].path.name} is still running; this machine trains {max_running} run at a time "
                           "(lmtune ui --max-running N)")
     out = runs_dir / name
-    log = console_log(runs_dir, name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lmtune", "train", str(config), "--output-dir", str(out), *overrides]
-    if resume:
-        command.append("--resume")
-    with open(log, "ab") as sink:
-        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    spawn(["train", str(config), "--output-dir", str(out), *overrides, *(["--resume"] if resume else [])],
+          console_log(runs_dir, name))
     return out
 
 
@@ -55,13 +56,8 @@ def start_export(runs_dir: Path, run: RunDir, fmt: str, quant: str) -> Path:
     out = runs_dir / EXPORTS / name
     if out.exists():
         raise ConfigError(f"{out} exists already: the export was made (or is being made)")
-    log = console_log(runs_dir, f"{name}.export")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lmtune", "export", str(run.path), str(out), "--format", fmt]
-    if fmt == "gguf":
-        command += ["--quant", quant]
-    with open(log, "ab") as sink:
-        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    spawn(["export", str(run.path), str(out), "--format", fmt, *(["--quant", quant] if fmt == "gguf" else [])],
+          console_log(runs_dir, f"{name}.export"))
     return out
 
 
