@@ -1,14 +1,18 @@
 """`lmtune ui`: routes through FastAPI's TestClient, and runs started, stopped and resumed from it as
 processes of their own."""
 
+import html
+import re
 import time
+from html.parser import HTMLParser
+from urllib.parse import unquote_plus
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
 from lmtune.api import ui_app
-from lmtune.config import load_config
+from lmtune.config import load_config, validate_config
 from lmtune.training.run import train
 
 from conftest import DATA
@@ -83,32 +87,108 @@ def test_a_finished_run_its_page_and_its_event_stream(tmp_path, tiny_llama):
     reply = client.post("/v1/chat/completions", json={"model": "done", "messages": [{"role": "user", "content": "hi"}],
                                                       "temperature": 0, "max_tokens": 4})
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant"
+    base = client.post("/v1/chat/completions", json={"model": "done@base", "messages": [{"role": "user", "content": "hi"}],
+                                                     "temperature": 0, "max_tokens": 4})
+    engines = client.app.state.engines
+    assert base.status_code == 200 and engines["done@base"].model is not engines["done"].model  # the model without the adapter
     assert client.post("/v1/chat/completions", json={"model": "nothing", "messages": [{"role": "user", "content": "hi"}]}).status_code == 404
 
 
-def test_new_run_form_validates_like_the_cli_then_starts_stops_and_resumes_a_process(tmp_path, tiny_llama):
+class FormReader(HTMLParser):
+    """The values a browser would send for the page's run form: inputs and selected options."""
+
+    def __init__(self):
+        super().__init__()
+        self.values, self.select = {}, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "input" and a.get("name") and a.get("type") != "file":
+            self.values[a["name"]] = a.get("value") or ""
+        elif tag == "select":
+            self.select = a.get("name")
+        elif tag == "option" and self.select and ("selected" in a or self.select not in self.values):
+            self.values[self.select] = a.get("value") or ""  # the first option unless one is selected
+
+
+def form_of(html: str) -> dict:
+    reader = FormReader()
+    reader.feed(html)
+    return {k: v for k, v in reader.values.items() if k not in ("config",)}
+
+
+def without_output(cfg) -> dict:
+    dumped = cfg.model_dump(mode="json")
+    dumped.pop("output")
+    return dumped
+
+
+def test_the_form_has_every_key_and_round_trips_to_the_config_the_cli_loads(tmp_path, tiny_llama):
+    config = tiny_config(tmp_path, tiny_llama)
+    client = TestClient(ui_app(tmp_path / "runs", tmp_path / "configs"))
+    page = client.get("/new", params={"config": config}).text
+    values = form_of(page)
+    cfg = load_config(tmp_path / "configs" / config)
+    assert values["train.lr"] == "0.005" and values["method.r"] == "4" and values["task.name"] == "label_tokens"
+    assert 'name="train.scheduler"' in page and '<option value="cosine"' in page  # an enum is a select
+    assert "gradient clipping by global norm" in page  # each key's description
+    checked = client.post("/new/check", data={**values, "run_name": "x"}).text
+    written = yaml.safe_load(html.unescape(re.search(r'<pre id="yaml">(.*?)</pre>', checked, re.S).group(1)))
+    assert without_output(validate_config(written)) == without_output(cfg)  # the page runs what the file says
+    assert "lmtune train" in checked and "--output-dir" in checked
+    # A bad value: the CLI's message, beside its field; nothing is started.
+    bad = client.post("/new", data={**values, "run_name": "x", "train.lr": "fast", "method.r": "0"})
+    assert bad.status_code == 400 and not (tmp_path / "runs" / "x").exists()
+    field = bad.text[bad.text.index('name="train.lr"'):]
+    assert field.index("train.lr: Input should be a valid number") < field.index('class="field"')
+    assert "method.r: Input should be greater than 0" in bad.text
+    # Switching the method shows that method's keys, from its defaults (as method.name=ia3 does on the CLI).
+    ia3 = client.post("/new/fields", data={**values, "method.name": "ia3"}, headers={"HX-Trigger-Name": "method.name"}).text
+    assert 'name="method.r"' not in ia3 and 'name="method.feedforward_modules"' in ia3 and 'name="train.lr" value="0.005"' in ia3
+    # An uploaded YAML fills the form; a broken one says why.
+    uploaded = client.post("/new/upload", files={"file": ("mine.yaml", b"train:\n  lr: 0.125\n")}).text
+    assert form_of(uploaded)["train.lr"] == "0.125" and "mine.yaml" in uploaded
+    broken = client.post("/new/upload", files={"file": ("mine.yaml", b"train: [")})
+    assert broken.status_code == 400 and "mine.yaml: not valid YAML" in broken.text
+    # The live estimate and data preview are lmtune plan's and lmtune data's output.
+    planned = client.post("/new/plan", data=values).text
+    assert "peak" in planned and "fits" in planned and "optimizer steps per epoch" in planned
+    previewed = client.post("/new/data", data=values).text
+    assert "trained-on tokens" in previewed and "background-color" in previewed  # the loss mask, highlighted
+
+
+def test_runs_queue_start_one_at_a_time_stop_and_resume(tmp_path, tiny_llama):
     runs = tmp_path / "runs"
     config = tiny_config(tmp_path, tiny_llama, save_steps=2, epochs=40)  # long enough to stop it midway
-    client = TestClient(ui_app(runs, tmp_path / "configs"))
-    assert config in client.get("/new").text
-    bad = client.post("/new", data={"config": config, "name": "a", "overrides": "train.lr=fast"})
-    assert bad.status_code == 400 and "train.lr: Input should be a valid number" in bad.text and not (runs / "a").exists()
-    started = client.post("/new", data={"config": config, "name": "a", "overrides": "train.seed=3"}, follow_redirects=False)
-    assert started.status_code == 303 and started.headers["location"] == "/runs/a"
-    wait_state(client, "a", {"running"})
-    while not list((runs / "a" / "checkpoints").glob("checkpoint-*")):
-        time.sleep(0.2)
-    busy = client.post("/new", data={"config": config, "name": "b", "overrides": ""})
-    assert busy.status_code == 400 and "one run at a time" not in busy.text and "still running" in busy.text
-    client.post("/runs/a/stop")
-    stopped = wait_state(client, "a", {"interrupted", "failed"})
-    assert stopped["state"] == "interrupted"
-    assert (runs / ".ui-logs" / "a.log").is_file() and "Resume with" in (runs / ".ui-logs" / "a.log").read_text()
-    # Resume with fewer epochs to go: the run ends, from its checkpoint.
-    cfg_path = runs / "a" / "config.yaml"
-    raw = yaml.safe_load(cfg_path.read_text())
-    raw["train"]["epochs"] = 1
-    cfg_path.write_text(yaml.safe_dump(raw))
-    assert client.post("/runs/a/resume", follow_redirects=False).status_code == 303
-    done = wait_state(client, "a", {"finished", "failed"})
-    assert done["state"] == "finished", (runs / ".ui-logs" / "a.log").read_text()[-2000:]
+    with TestClient(ui_app(runs, tmp_path / "configs")) as client:  # `with`: the queue's starter runs
+        values = form_of(client.get("/new", params={"config": config}).text)
+        started = client.post("/new", data={**values, "run_name": "a", "train.seed": "3"}, follow_redirects=False)
+        assert started.status_code == 303 and unquote_plus(started.headers["location"]) == "/runs/a?message=started"
+        assert (runs / ".ui-configs" / "a.yaml").is_file()
+        second = client.post("/new", data={**values, "run_name": "b", "train.epochs": "1", "train.max_steps": "3"},
+                             follow_redirects=False)
+        assert unquote_plus(second.headers["location"]) == "/runs/b?message=queued (position 1)"
+        assert "queued" in client.get("/runs/b").text and "Remove from the queue" in client.get("/runs/b").text
+        third = client.post("/new", data={**values, "run_name": "c"}, follow_redirects=False)
+        assert "position 2" in unquote_plus(third.headers["location"])
+        client.post("/queue/c/remove")
+        assert [r["name"] for r in client.get("/api/runs").json() if r["state"] == "queued"] == ["b"]
+        wait_state(client, "a", {"running"})
+        while not list((runs / "a" / "checkpoints").glob("checkpoint-*")):
+            time.sleep(0.2)
+        client.post("/runs/a/stop")
+        stopped = wait_state(client, "a", {"interrupted", "failed"})
+        assert stopped["state"] == "interrupted"
+        assert (runs / ".ui-logs" / "a.log").is_file() and "Resume with" in (runs / ".ui-logs" / "a.log").read_text()
+        # The slot is free: b starts by itself. Resuming a meanwhile queues it behind b.
+        wait_state(client, "b", {"running", "finished"})
+        cfg_path = runs / "a" / "config.yaml"
+        raw = yaml.safe_load(cfg_path.read_text())
+        raw["train"]["epochs"] = 1  # fewer epochs to go: the resumed run ends, from its checkpoint
+        cfg_path.write_text(yaml.safe_dump(raw))
+        resumed = unquote_plus(client.post("/runs/a/resume", follow_redirects=False).headers["location"])
+        assert resumed in ("/runs/a?message=resumed", "/runs/a?message=resume queued (position 1)")
+        assert wait_state(client, "b", {"finished", "failed"})["state"] == "finished"
+        done = wait_state(client, "a", {"finished", "failed"})
+        assert done["state"] == "finished", (runs / ".ui-logs" / "a.log").read_text()[-2000:]
+        assert not (runs / "c").exists()

@@ -58,9 +58,16 @@ def browser():
 
 
 def until(predicate, timeout=120.0):
+    """predicate's first true value; an element missing or replaced (the page is loading, htmx swapped
+    it) counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         time.sleep(0.25)
@@ -92,12 +99,25 @@ def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tm
     browser.get(f"{base}/new")
     assert unlabelled_controls(browser) == []
     Select(browser.find_element(By.ID, "config")).select_by_visible_text(config)
-    browser.find_element(By.ID, "name").send_keys("run1")
-    browser.find_element(By.ID, "overrides").send_keys("train.seed=1")
-    until(lambda: "--output-dir" in browser.find_element(By.ID, "command").text)  # the exact command, live
+    browser.find_element(By.ID, "config").send_keys(Keys.TAB, Keys.ENTER)  # "Load it", by keyboard
+    until(lambda: browser.find_element(By.ID, "f-train-lr").get_attribute("value") == "0.005")  # the form, from the file
+    assert unlabelled_controls(browser) == []
+    seed = browser.find_element(By.ID, "f-train-seed")
+    seed.clear()
+    seed.send_keys("x")  # a bad value: the CLI's message, live
+    until(lambda: "train.seed: Input should be a valid integer" in browser.find_element(By.ID, "check").text)
+    seed.clear()
+    seed.send_keys("1")
+    browser.find_element(By.ID, "run_name").send_keys("run1")
+    until(lambda: "--output-dir" in browser.find_element(By.ID, "check").text)  # the exact command and YAML, live
+    until(lambda: "seed: 1" in browser.find_element(By.ID, "yaml").text)
+    until(lambda: "peak" in browser.find_element(By.ID, "plan").text, timeout=180)  # lmtune plan's estimate
+    until(lambda: "trained-on tokens" in browser.find_element(By.ID, "data").text, timeout=180)  # lmtune data's rows
     shot(browser, "new-run")
-    browser.find_element(By.ID, "overrides").send_keys(Keys.TAB, Keys.ENTER)  # the keyboard reaches the button
-    until(lambda: browser.current_url.endswith("/runs/run1"))
+    browser.execute_script("document.getElementById('check-title').scrollIntoView()")
+    shot(browser, "new-run-plan")
+    browser.find_element(By.ID, "run_name").send_keys(Keys.ENTER)  # submitted from the keyboard
+    until(lambda: "/runs/run1" in browser.current_url)
     # The chart gains points while the run trains (from its event stream).
     points = 'return window.runChart ? window.runChart.steps.length : 0'
     first = until(lambda: browser.execute_script(points))
@@ -116,7 +136,7 @@ def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tm
     cfg.write_text(yaml.safe_dump(raw))
     browser.refresh()
     browser.find_element(By.XPATH, "//button[normalize-space()='Resume']").click()
-    until(lambda: browser.current_url.endswith("/runs/run1?message=resumed"))
+    until(lambda: browser.current_url.endswith("/runs/run1?message=resumed"))  # a free slot: it starts at once
     # Close the page while it trains: the run goes on and finishes without it.
     browser.get("about:blank")
     until(lambda: '"state": "finished"' in (runs / "run1" / "status.json").read_text(), timeout=240)
@@ -124,9 +144,11 @@ def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tm
     assert browser.find_element(By.ID, "metrics").text  # the final metrics table
     # A chat with the finished run, streamed through the router `lmtune serve` has.
     browser.find_element(By.ID, "message").send_keys("a gorgeous, witty film")
+    browser.find_element(By.ID, "with-base").click()  # and the base model's answer beside it
     browser.find_element(By.XPATH, "//button[normalize-space()='Send']").click()
-    until(lambda: browser.execute_script("return chatHistory.length") == 2, timeout=120)
-    assert browser.find_element(By.ID, "answer").text.strip()
+    until(lambda: browser.execute_script("return baseHistory.length") == 2, timeout=120)
+    assert browser.find_element(By.ID, "answer").text.strip() and browser.find_element(By.ID, "base-column").is_displayed()
+    assert "error" not in browser.find_element(By.ID, "base-answer").text  # (the tiny random base may answer with nothing)
     assert unlabelled_controls(browser) == []
     shot(browser, "run-finished")
     browser.get(base)

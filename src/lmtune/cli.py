@@ -319,13 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("LMTUNE_API_KEY"), help="require 'Authorization: Bearer KEY' (or set LMTUNE_API_KEY)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("ui", help="a web page to start, watch, stop and resume runs and read their results")
+    p = sub.add_parser("ui", help="a web page to prepare, queue, watch, stop, resume, compare, chat with and export runs")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--configs-dir", default="configs", help="the configs a new run can start from")
     p.add_argument("--token", default=os.environ.get("LMTUNE_UI_TOKEN"), help="require this token on every request")
-    p.add_argument("--max-running", type=int, default=1, help="runs training at once (default 1: a CPU machine)")
+    p.add_argument("--max-running", type=int, default=1, help="runs training at once; the others wait in a queue (default 1: a CPU machine)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("merge", help="fold a LoRA / DoRA / IA3 / QLoRA adapter into the base and write a plain model")

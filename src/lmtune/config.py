@@ -172,18 +172,24 @@ UNIONS = {"method": METHOD_OPTIONS, "task": TASK_OPTIONS}  # sections whose keys
 
 
 def _explain(err: ValidationError, source: str) -> str:
-    lines = []
+    return "\n".join(f"{source}: {message}" for _, message in config_problems(err))
+
+
+def config_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """(the key as a user writes it, e.g. method.r, or "" for the whole config; the message) for the
+    first three problems: the CLI prints them, the web UI shows each beside its field."""
+    problems = []
     for item in err.errors()[:3]:
         loc = [str(p) for p in item["loc"]]
         tag = loc[1] if loc and loc[0] in UNIONS and len(loc) > 2 and loc[1] in UNIONS[loc[0]] else None
         shown = [loc[0]] + loc[2:] if tag else loc  # drop the union tag: method.lora.r -> method.r
-        key = ".".join(shown) or "(top level)"
+        key = ".".join(shown)
         if item["type"] == "extra_forbidden":
-            lines.append(f"{source}: {_unknown_key(loc, shown, tag)}")
+            problems.append((key, _unknown_key(loc, shown, tag)))
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key}: {msg}" if loc else f"{source}: {msg}")
-    return "\n".join(lines)
+            problems.append((key, f"{key}: {msg}" if loc else msg))
+    return problems
 
 
 def _unknown_key(loc: list[str], shown: list[str], tag: str | None) -> str:

@@ -184,9 +184,10 @@ def shared_lengths(ds, sequences: list[tuple[str, str | None]], answers: int, an
 
 
 def plan(cfg: Config, compare: bool = False, throughput: float | None = None, config=None, tokenizer=None,
-         measure_rate: bool = True) -> list[Plan]:
-    """The plans (the configured method, or every method) and the table printed for them.
-    `config` (a transformers config) skips loading the model's own; `throughput` is in GFLOP/s."""
+         measure_rate: bool = True, console=None) -> list[Plan]:
+    """The plans (the configured method, or every method) and the table printed for them (on
+    `console`, a rich Console; default the terminal). `config` (a transformers config) skips loading
+    the model's own; `throughput` is in GFLOP/s."""
     from lmtune import hardware
     from lmtune.model.precision import resolve_precision
 
@@ -216,5 +217,5 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
              for c in configs]
     from lmtune.plan.report import print_plans
 
-    print_plans(plans, cfg, shape, batch, stats, rate, device, precision)
+    print_plans(plans, cfg, shape, batch, stats, rate, device, precision, console)
     return plans

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmtune.plan.estimate import GB
-from lmtune.report import console
+from lmtune.report import console as default_console
 
 
 def _time(seconds: float | None) -> str:
@@ -14,7 +14,8 @@ def _time(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def print_plans(plans, cfg, shape, batch, stats, rate, device, precision) -> None:
+def print_plans(plans, cfg, shape, batch, stats, rate, device, precision, console=None) -> None:
+    console = console or default_console
     from rich.table import Table
 
     from lmtune.plan.command import available_memory, suggestions
