@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from lmtune.api import ui_app
 from lmtune.config import load_config, validate_config
+from lmtune.plot import plot_confusion
 from lmtune.training.run import train
 
 from conftest import DATA
@@ -64,6 +65,10 @@ def test_a_finished_run_its_page_and_its_event_stream(tmp_path, tiny_llama):
     with client.stream("GET", "/runs/done/events") as stream:
         kinds = [line for line in stream.iter_lines() if line.startswith(("data:", "event:"))]
     assert '"event": "started"' in kinds[0] and any('"event": "step"' in k for k in kinds) and kinds[-2] == "event: end"
+    assert client.get("/runs/done/confusion_matrix.png").status_code == 404 and "confusion" not in page
+    plot_confusion([[3, 1], [2, 4]], ["negative", "positive"], runs / "done" / "confusion_matrix.png")
+    assert "confusion_matrix.png" in client.get("/runs/done").text
+    assert client.get("/runs/done/confusion_matrix.png").content.startswith(b"\x89PNG")
     assert client.get("/runs/../etc").status_code == 404 and client.get("/runs/nothing").status_code == 404
     # Two runs compared: both curves (from log.jsonl) and their final metrics side by side.
     train(load_config(None, [f"model.name={tiny_llama}", f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}",

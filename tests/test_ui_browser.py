@@ -142,6 +142,7 @@ def test_start_watch_stop_resume_and_close_the_page_in_a_browser(ui, browser, tm
     until(lambda: '"state": "finished"' in (runs / "run1" / "status.json").read_text(), timeout=240)
     browser.get(f"{base}/runs/run1")
     assert browser.find_element(By.ID, "metrics").text  # the final metrics table
+    until(lambda: len(browser.execute_script("return window.evalChart[0]")) >= 2)  # zero-shot and final evaluations
     # A chat with the finished run, streamed through the router `lmtune serve` has.
     browser.find_element(By.ID, "message").send_keys("a gorgeous, witty film")
     browser.find_element(By.ID, "with-base").click()  # and the base model's answer beside it

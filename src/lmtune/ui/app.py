@@ -19,7 +19,7 @@ from typing import Optional
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -36,6 +36,7 @@ HERE = Path(__file__).parent
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENDED = (FINISHED, FAILED, INTERRUPTED)
 CONFIGS = ".ui-configs"  # the YAML of each run started from the form (its run directory must be empty until it starts)
+CONFUSION = "confusion_matrix.png"  # written by the classification-head task at its final evaluation
 BASE = "@base"  # chat model id suffix: NAME@base is NAME's base model, prompted with NAME's template
 
 
@@ -150,7 +151,15 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         return pages.TemplateResponse(request, "run.html", {
             "name": name, "status": status, "metrics": run.metrics(), "bench": run.bench(), "message": message,
             "config": run.config_file.read_text(encoding="utf-8"), "tail": console_tail(name), "ended": status.state in ENDED,
-            "exports": exports_of(name), "base_model": base_model_of(run)})
+            "exports": exports_of(name), "base_model": base_model_of(run),
+            "confusion": (run.path / CONFUSION).is_file()})
+
+    @app.get(f"/runs/{{name}}/{CONFUSION}")
+    async def confusion_matrix(name: str):
+        path = run_of(name).path / CONFUSION
+        if not path.is_file():
+            raise HTTPException(404, f"{name} has no confusion matrix (a classification head run writes one)")
+        return FileResponse(path, media_type="image/png")
 
     def base_model_of(run: RunDir) -> str:
         try:
