@@ -3,7 +3,9 @@
     .venv/bin/python bench/reference_recipe.py --workload classification --rows rows.jsonl --out DIR \
         --model MODEL_DIR [--max-length 128] [--batch-size 16] [--lr 3e-4] [--system PROMPT]
 
-No lmtune code: a chat-template prompt, the answer after it, labels -100 except the answer, every
+No lmtune code. --workload seed: the seed article's process_fn exactly (the review's tokens, EOS,
+the label word, the last --max-length tokens kept). classification / sft: a chat-template prompt,
+the answer after it. Then, for all: labels -100 except the answer, every
 example padded to a fixed max length, DataCollatorWithPadding, the model's own loss (logits over the
 whole vocabulary at every position), LoRA r=8 / alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down,
 fp32 weights with bf16 autocast. Writes DIR/adapter and DIR/result.json.
@@ -30,6 +32,14 @@ def classification_example(tokenizer, row, system, label_ids, max_length):
     return ids, [-100] * (len(ids) - 1) + [ids[-1]]
 
 
+def seed_example(tokenizer, row, system, label_ids, max_length):
+    """The seed article's process_fn (../shared/seeds/003): the review's tokens, EOS, the label word's
+    first token; the last max_length tokens kept; the loss on the label only."""
+    ids = (tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id, label_ids[row["label"]]])
+    ids = ids[-max_length:]
+    return ids, [-100] * (len(ids) - 1) + [ids[-1]]
+
+
 def sft_example(tokenizer, row, system, label_ids, max_length):
     messages = [{"role": "user", "content": row["question"]}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -41,7 +51,7 @@ def sft_example(tokenizer, row, system, label_ids, max_length):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=["classification", "sft"], required=True)
+    p.add_argument("--workload", choices=["classification", "sft", "seed"], required=True)
     p.add_argument("--rows", required=True, help="JSONL training rows")
     p.add_argument("--out", required=True)
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
@@ -57,8 +67,9 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     label_ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in a.labels.split(",")]
-    make = classification_example if a.workload == "classification" else sft_example
+    make = {"classification": classification_example, "sft": sft_example, "seed": seed_example}[a.workload]
     columns = {"input_ids": [], "attention_mask": [], "labels": []}
+    unpadded = []  # (ids, labels) per row, for the token-for-token check
     real_tokens = targets = 0
     for line in Path(a.rows).read_text(encoding="utf-8").splitlines():
         ids, labels = make(tokenizer, json.loads(line), a.system, label_ids, a.max_length)
@@ -66,6 +77,7 @@ def main() -> None:
         columns["input_ids"].append(ids + [tokenizer.pad_token_id] * pad)
         columns["attention_mask"].append([1] * len(ids) + [0] * pad)
         columns["labels"].append(labels + [-100] * pad)
+        unpadded.append([ids, labels])
         real_tokens += len(ids)
         targets += sum(l != -100 for l in labels)
     dataset = Dataset.from_dict(columns)
@@ -85,6 +97,7 @@ def main() -> None:
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorWithPadding(tokenizer, return_tensors="pt"))
     result = trainer.train()
+    (out / "ids.json").write_text(json.dumps(unpadded))
     model.save_pretrained(out / "adapter")
     tokenizer.save_pretrained(out / "adapter")
     (out / "result.json").write_text(json.dumps({

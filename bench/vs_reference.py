@@ -37,6 +37,12 @@ WORKLOADS = {
     "classification": dict(config="configs/sentiment_lora.yaml", train="examples/data/rotten_tomatoes/train.jsonl",
                            validation="examples/data/rotten_tomatoes/validation.jsonl", rows=2000, eval_rows=None,
                            max_length=128, batch_size=16, lr=3e-4, metric="accuracy"),
+    # The seed article's recipe token for token (../shared/seeds/003): review + EOS + label word, the
+    # last 32 tokens kept, batch 8, no warmup; lmtune reads the same ids through data.template=eos_separated.
+    "seed": dict(config="configs/sentiment_lora.yaml", train="examples/data/rotten_tomatoes/train.jsonl",
+                 validation="examples/data/rotten_tomatoes/validation.jsonl", rows=2000, eval_rows=None,
+                 max_length=32, batch_size=8, lr=2e-4, warmup=0.0, labels="neg,pos", system=None, metric="accuracy",
+                 lmtune=["data.template=eos_separated", "data.system_prompt=", "task.label_words=[neg, pos]"]),
     "sft": dict(config="configs/gsm8k_sft_lora.yaml", train="examples/data/gsm8k/train.jsonl",
                 validation="examples/data/gsm8k/test.jsonl", rows=500, eval_rows=200,
                 max_length=512, batch_size=8, lr=2e-4, metric="loss"),
@@ -92,8 +98,26 @@ def lmtune_train_args(w: dict, rows: Path, out: Path, seed: int) -> list[str]:
             "data.validation=null", "data.max_samples=null", "train.zero_shot_eval=false", "method.name=lora",
             "method.r=8", "method.alpha=32", "method.dropout=0.1", f"method.target_modules={LORA_TARGETS}",
             f"data.max_length={w['max_length']}", f"train.batch_size={w['batch_size']}", f"train.lr={w['lr']}",
-            "train.warmup_ratio=0.05", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000",
-            f"train.seed={seed}"]
+            f"train.warmup_ratio={w.get('warmup', 0.05)}", "train.epochs=1", "train.grad_accum=1", "train.logging_steps=1000",
+            f"train.seed={seed}", *w.get("lmtune", [])]
+
+
+def same_ids(w: dict, rows: Path, ref: Path, seed: int) -> None:
+    """Stop unless lmtune tokenises the rows into exactly the reference's ids and labels, row by row."""
+    from lmtune.config import load_config
+    from lmtune.data.dataset import read_splits
+    from lmtune.loading import load_tokenizer_of, make_task
+    from lmtune.training.prepare import tokenize_splits
+
+    cfg = load_config(ROOT / w["config"], lmtune_train_args(w, rows, ref / "unused", seed)[4:])
+    tokenizer = load_tokenizer_of(cfg)
+    ds = tokenize_splits(cfg, read_splits(cfg.data, cfg.train.seed), tokenizer, make_task(cfg, tokenizer))["train"][0]
+    mine = [[list(i), list(l)] for i, l in zip(ds["input_ids"], ds["labels"])]
+    theirs = json.loads((ref / "ids.json").read_text())
+    differ = sum(a != b for a, b in zip(mine, theirs)) + abs(len(mine) - len(theirs))
+    if differ:
+        sys.exit(f"lmtune's ids differ from the reference's in {differ} of {len(theirs)} rows")
+    print(f"[seed] token for token: lmtune's {len(mine)} rows equal the reference's ids and labels", flush=True)
 
 
 def workload(name: str, w: dict, tmp: Path, extra: list[str], variants: list[str], model_dir: str, seed: int) -> dict:
@@ -103,8 +127,11 @@ def workload(name: str, w: dict, tmp: Path, extra: list[str], variants: list[str
     print(f"[{name}] reference recipe ...", flush=True)
     run([sys.executable, str(ROOT / "bench/reference_recipe.py"), "--workload", name, "--rows", str(rows),
          "--out", str(ref), "--model", model_dir, "--max-length", str(w["max_length"]),
-         "--batch-size", str(w["batch_size"]), "--lr", str(w["lr"]), "--system", SYSTEM, "--seed", str(seed)])
+         "--batch-size", str(w["batch_size"]), "--lr", str(w["lr"]), "--system", w.get("system", SYSTEM) or "",
+         "--seed", str(seed), "--warmup-ratio", str(w.get("warmup", 0.05)), "--labels", w.get("labels", "negative,positive")])
     r = json.loads((ref / "result.json").read_text())
+    if name == "seed":
+        same_ids(w, rows, ref, seed)
     results = {}
     for i, variant in enumerate(variants):
         label = f"lmtune {variant}".strip()

@@ -124,3 +124,30 @@ def test_label_words_with_the_same_first_token_are_rejected(llama_tokenizer):
     with pytest.raises(ConfigError, match="start with the same token"):
         encode(llama_tokenizer, ["task.name=label_tokens", "data.format=classification", "data.labels=[pos, pos2]",
                                  "task.label_words=[positive, positive!]"], [{"text": "x", "label": 0}])
+
+
+def seed_article_ids(tok, text: str, label_word: str, max_len: int) -> tuple[list[int], list[int]]:
+    """The seed article's process_fn (../shared/seeds/003), without its padding to max_len: the
+    review's tokens, EOS, the label word's first token; the last max_len tokens kept."""
+    label = tok(label_word, add_special_tokens=False)["input_ids"][0]
+    input_ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id, label]
+    if len(input_ids) >= max_len:
+        return input_ids[-max_len:], [IGNORE] * (max_len - 1) + [label]
+    return input_ids, [IGNORE] * (len(input_ids) - 1) + [label]
+
+
+@pytest.mark.parametrize("text", ["a fine film", " ".join(["and the plot goes nowhere"] * 12)])
+def test_eos_separated_template_reproduces_the_seed_articles_ids(llama_tokenizer, text):
+    tok = llama_tokenizer
+    out = encode(tok, ["task.name=label_tokens", "data.format=classification", "data.labels=[negative, positive]",
+                       "task.label_words=[neg, pos]", "data.max_length=32"], [{"text": text, "label": 1}],
+                 template="eos_separated")
+    assert (out["input_ids"][0], out["labels"][0]) == seed_article_ids(tok, text, "pos", 32)
+    assert out["truncated"] == [len(ids(tok, text)) + 2 > 32]
+
+
+def test_eos_separated_sft_ends_prompt_and_answer_with_eos(llama_tokenizer):
+    tok = llama_tokenizer
+    out = encode(tok, ["data.format=instruction"], [{"instruction": "Add 1 and 2", "output": "3"}], template="eos_separated")
+    assert out["input_ids"][0] == ids(tok, "Add 1 and 2") + [tok.eos_token_id] + ids(tok, "3") + [tok.eos_token_id]
+    assert Renderer(tok, "eos_separated").prompt([{"role": "user", "content": "Add 1 and 2"}]) == "Add 1 and 2" + tok.eos_token

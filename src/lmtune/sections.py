@@ -47,7 +47,9 @@ class DataConfig(Section):
     labels: Optional[list[str]] = Field(None, description="label names; int labels index into this list")
     prompt: str = Field("{text}", description="classification: user message made from the row, e.g. 'Review: {text}'")
     system_prompt: Optional[str] = None
-    template: Literal["auto", "chat", "plain"] = Field("auto", description="auto: the tokenizer's chat template if any")
+    template: Literal["auto", "chat", "plain", "eos_separated"] = Field(
+        "auto", description="auto: the tokenizer's chat template if any; plain: ### Instruction / ### Response headers; "
+                            "eos_separated: the texts as they are, the EOS token after the prompt and after the answer")
     train_on: Literal["all_assistant", "last_assistant"] = Field("all_assistant", description="multi-turn: which assistant turns carry the loss")
     max_length: int = Field(512, gt=1)
     packing: bool = Field(False, description="padding-free batches: rows concatenated, position_ids restart per row")

@@ -25,7 +25,10 @@ class Renderer:
         has_chat = bool(getattr(tokenizer, "chat_template", None))
         if mode == "chat" and not has_chat:
             raise ConfigError("data.template: chat, but this tokenizer has no chat template; use auto or plain")
-        self.mode = "chat" if mode == "chat" or (mode == "auto" and has_chat) else "plain"
+        if mode == "eos_separated" and not tokenizer.eos_token:
+            raise ConfigError("data.template: eos_separated puts the EOS token between prompt and answer, and this "
+                              "tokenizer has none; use plain")
+        self.mode = mode if mode == "eos_separated" else "chat" if mode == "chat" or (mode == "auto" and has_chat) else "plain"
         self.tokenizer = tokenizer
 
     def render(self, ex, add_generation_prompt: bool = False) -> list[Segment]:
@@ -44,6 +47,8 @@ class Renderer:
         """
         if self.mode == "plain":
             return self._plain(messages, add_generation_prompt)
+        if self.mode == "eos_separated":
+            return self._eos_separated(messages, add_generation_prompt)
         return self._chat(messages, add_generation_prompt)
 
     def prompt(self, messages: list[dict[str, str]]) -> str:
@@ -59,6 +64,22 @@ class Renderer:
             else:
                 fmt = {"system": PLAIN_SYSTEM, "user": PLAIN_USER, "tool": PLAIN_TOOL}[m["role"]]
                 out.append((fmt.format(content=m["content"]), False))
+        return out
+
+    def _eos_separated(self, messages, add_generation_prompt):
+        """<prompt><EOS><answer><EOS>: the texts as they are, no headers; the EOS token ends each
+        prompt and each answer (the seed article's format: the review's tokens, EOS, the label)."""
+        eos = self.tokenizer.eos_token
+        out: list[Segment] = []
+        prompt: list[str] = []
+        for m in messages:
+            if m["role"] == "assistant":
+                out += [("\n".join(prompt) + eos, False), (m["content"] + eos, True)]
+                prompt = []
+            else:
+                prompt.append(m["content"])
+        if prompt:
+            out.append(("\n".join(prompt) + (eos if add_generation_prompt else ""), False))
         return out
 
     def _render(self, messages, add_generation_prompt: bool) -> str:
