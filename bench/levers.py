@@ -28,17 +28,18 @@ from vs_reference import ROOT, WORKLOADS, lmtune_train_args, sample_rows  # noqa
 
 # name -> (what is turned off, lmtune overrides, the workloads it applies to)
 LEVERS = {
-    "defaults": ("nothing: lmtune's defaults", [], ("classification", "sft")),
+    "defaults": ("nothing: lmtune's defaults", [], ("classification", "sft", "seed")),
     "fp32_base": ("bf16 base weights: fp32 weights under bf16 autocast instead", ["model.dtype=fp32"],
-                  ("classification", "sft")),
-    "fp32": ("bf16 altogether: fp32 weights and products", ["train.precision=fp32"], ("classification", "sft")),
+                  ("classification", "sft", "seed")),
+    "fp32": ("bf16 altogether: fp32 weights and products", ["train.precision=fp32"], ("classification", "sft", "seed")),
     "random_batches": ("length grouping: random batches padded to their longest row", ["train.group_by_length=false"],
-                       ("classification", "sft")),
+                       ("classification", "sft", "seed")),
     "full_logits": ("logits at target positions only: fp32 logits over the vocabulary at every position", [],
-                    ("classification", "sft")),
-    "torch_dropout": ("FastDropout: peft's nn.Dropout", [], ("classification", "sft")),
+                    ("classification", "sft", "seed")),
+    "torch_dropout": ("FastDropout: peft's nn.Dropout", [], ("classification", "sft", "seed")),
+    "peft_lora": ("LoRA as one bf16 autograd node per layer: peft's LoRA forward", [], ("classification", "sft", "seed")),
     "sdpa": ("eager attention (the classification config's choice): sdpa", ["model.attn_implementation=sdpa"],
-             ("classification",)),
+             ("classification", "seed")),
     "checkpointing": ("no gradient checkpointing: checkpointing on", ["train.gradient_checkpointing=true"],
                       ("classification", "sft")),
     "packed": ("length grouping: packed (padding-free) rows instead", ["data.packing=true"], ("sft",)),
@@ -69,6 +70,8 @@ def one(lever: str, argv: list[str]) -> None:
         lmtune.tasks.label_tokens.target_logits = lmtune.tasks.sft.target_logits = full_vocabulary_logits
     elif lever == "torch_dropout":
         lmtune.methods.peft_common.use_fast_dropout = lambda model: 0
+    elif lever == "peft_lora":
+        lmtune.methods.peft_common.fused_lora = lambda model: 0
     sys.exit(main(argv))
 
 

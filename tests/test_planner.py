@@ -131,3 +131,29 @@ def test_the_plan_counts_padding(tmp_path, tiny_llama):
     assert stats[False]["padded"] > 1.5 * stats[False]["mean"]
     assert stats[True]["padded"] < stats[False]["padded"]
     assert batch_of(load_config(None, base), stats[False]).computed_length == stats[False]["padded"]
+
+
+def test_plan_says_when_other_processes_took_the_cpus_while_it_timed():
+    import subprocess
+    import sys
+    import time
+
+    from lmtune.plan.busy import busy_warning, other_load
+
+    def spin(seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            time.sleep(0.02)
+
+    with other_load() as quiet:
+        spin(0.5)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core taken by another process
+    try:
+        time.sleep(0.5)
+        with other_load() as busy:
+            spin(1.0)
+    finally:
+        hog.kill()
+    assert busy.others is not None and busy.others > 0.3 and busy.others > quiet.others
+    assert "run lmtune plan again when the machine is quiet" in busy_warning(busy.others)
+    assert busy_warning(0.05) is None and busy_warning(None) is None

@@ -68,6 +68,14 @@ def wrap(model, config, added: AddedModules):
         config.modules_to_save = list(config.modules_to_save or []) + extra + heads
     model = get_peft_model(model, config)
     use_fast_dropout(model)  # the same dropout, with cheaper random masks on a CPU
+    fused_lora(model)  # the same LoRA layers, each one autograd node computed in the base's dtype
     return model
+
+
+def fused_lora(model) -> int:
+    """Plain LoRA layers through methods/fused_lora.py (bench/levers.py turns this off to measure it)."""
+    from lmtune.methods.fused_lora import use_fused_lora
+
+    return use_fused_lora(model)
 
 

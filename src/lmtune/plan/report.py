@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmtune.plan.busy import busy_warning
 from lmtune.plan.estimate import GB
 from lmtune.report import console as default_console
 
@@ -42,6 +43,9 @@ def print_plans(plans, cfg, shape, batch, stats, rate, device, precision, consol
                   f"logits + {plans[0].memory.overhead / GB:.1f} GB for the process itself.")
     if rate is not None:
         console.print(f"time: {rate.flops_per_s / 1e9:,.0f} GFLOP/s, {rate.how}; {plans[0].steps_per_epoch:,} optimizer steps per epoch")
+        warning = busy_warning(rate.busy)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}")
     if len(plans) == 1 and plans[0].memory.peak > available:
         console.print("does not fit; what would:")
         for tip in suggestions(plans[0], cfg, shape, batch, available, device, precision):

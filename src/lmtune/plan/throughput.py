@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmtune.plan.busy import other_load
 from lmtune.plan.estimate import Batch, flops_per_step, head_flops
 from lmtune.plan.shape import model_shape
 
@@ -28,6 +29,7 @@ class Rate:
     step_s: float | None = None  # forward + backward of one micro-batch through the whole model, when timed
     step_flops: float = 0.0  # the FLOPs of that step (to scale it to another method)
     first_step_s: float = 0.0  # what the first forward + backward costs once more (allocations, kernel choice)
+    busy: float | None = None  # share of the CPUs that other processes used while timing (busy.py)
 
 
 def device() -> torch.device:
@@ -153,7 +155,15 @@ def _step_seconds(model, batch: Batch, length: int, precision: str, seconds: flo
 def measure(config, cfg, batch: Batch, precision: str, tokenizer=None, seconds: float = 2.0) -> Rate:
     """Time one block of the model (tiny vocabulary, the method applied) and, apart, the embeddings,
     final norm, LM head and loss at the real vocabulary, on random tokens of the run's computed
-    length (padding included); the whole step is the blocks' time times the depth plus the rest."""
+    length (padding included); the whole step is the blocks' time times the depth plus the rest.
+    On a CPU it also says what share of the machine other processes took meanwhile."""
+    with other_load() as load:
+        rate = _measure(config, cfg, batch, precision, tokenizer, seconds)
+    rate.busy = load.others if device().type == "cpu" else None
+    return rate
+
+
+def _measure(config, cfg, batch: Batch, precision: str, tokenizer, seconds: float) -> Rate:
     from lmtune.hardware import DTYPES
     from lmtune.methods import METHODS
     from lmtune.model.precision import weights_dtype
