@@ -3,7 +3,10 @@
     .venv/bin/python bench/vs_reference.py [--workloads classification,sft] [--seed N] [--lmtune key=value ...]
                                            [--variants "" "train.compile=true" ...]
 
-For each workload, one after the other, each in its own process (so that peak RSS is its own):
+Workloads: classification (rotten tomatoes, chat template, 128 tokens), sft (GSM8K, 512) and seed (the
+seed article's own format token for token: review + EOS + label word, the last 32 tokens, batch 8;
+the script checks that both sides train the same ids). For each workload, one after the other, each
+in its own process (so that peak RSS is its own):
 1. bench/reference_recipe.py: Trainer + peft LoRA r=8 / alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down,
    every example padded to the fixed max length, DataCollatorWithPadding, bf16 autocast;
 2. `lmtune train` with the same model, LoRA settings, training rows, batch size, learning rate,

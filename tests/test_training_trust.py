@@ -320,7 +320,12 @@ def test_length_grouped_order_depends_on_the_seed_and_epoch_only():
     assert list(again) == second
 
 
-def test_two_processes_under_torchrun_agree_with_one_process_of_the_same_global_batch(tmp_path, tiny_llama):
+FSDP = ["train.fsdp=full_shard auto_wrap",
+        "train.fsdp_config={transformer_layer_cls_to_wrap: [LlamaDecoderLayer], use_orig_params: true}"]
+
+
+@pytest.mark.parametrize("sharding", [[], FSDP], ids=["ddp", "fsdp"])
+def test_two_processes_under_torchrun_agree_with_one_process_of_the_same_global_batch(tmp_path, tiny_llama, sharding):
     # Random order (no length grouping): the sampler then deals the same global batches to 1 or 2 processes.
     common = [f"model.name={tiny_llama}", *SENTIMENT, *STEPS, "train.max_steps=3", "train.group_by_length=false",
               "method.dropout=0"]
@@ -331,7 +336,7 @@ def test_two_processes_under_torchrun_agree_with_one_process_of_the_same_global_
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "lmtune", "train", str(config), "--output-dir", str(tmp_path / "two"), *common,
-                          "train.batch_size=2"], capture_output=True, text=True, env=env, timeout=300)
+                          "train.batch_size=2", *sharding], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())

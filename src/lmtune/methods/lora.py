@@ -55,9 +55,10 @@ def check_lora(cfg) -> None:
         raise ValueError("method.lora_plus_ratio builds its own AdamW; leave train.optimizer at adamw")
 
 
-# LoRA keeps more activations than full fine-tuning: each adapted layer holds its input again in
-# fp32 for the adapter, and a dropout mask when dropout > 0 (docs/planner.md).
-LORA_PLAN = PlanFacts(activation_units=15.4, dropout_units=5.2, adapts_blocks=True, lighter="qlora")
+# Through methods/fused_lora.py LoRA keeps about what full fine-tuning keeps (no fp32 copy of each
+# adapted layer's input, as peft's path kept: 15.4 units then); with dropout > 0, each adapted input
+# again as dropped by its 0/1 mask, and the mask, in bf16 (docs/planner.md: refitted 2026-11-30).
+LORA_PLAN = PlanFacts(activation_units=9.2, dropout_units=5.2, adapts_blocks=True, lighter="qlora")
 
 register_method(Method("lora", LoraMethod, apply_lora, freezes_base=True, mergeable=True, shareable=True,
                        check=check_lora, plan=LORA_PLAN))
