@@ -310,34 +310,34 @@ def build_ui(runs_dir: str | Path = "runs", configs_dir: str | Path = "configs",
         try:
             show(out)
         except (LmtuneError, OSError, ValueError) as e:
-            out.print(f"[red]{e}[/]")
+            out.print(str(e), style="red", markup=False)  # a message may hold [brackets]
         return out.export_html(inline_styles=True, code_format='<pre class="rich">{code}</pre>')
+
+    async def live_output(request: Request, what: str, show) -> str:
+        """A CLI command's output for the form's config (show(cfg, console)), once the config is valid."""
+        values, _ = await form_values(request)
+        cfg, _, _ = check_form(values)
+        if cfg is None:
+            return f"<p>The {what} appears once the config is valid.</p>"
+        return await asyncio.to_thread(captured, lambda out: show(cfg, out))
 
     @app.post("/new/plan", response_class=HTMLResponse)
     async def new_plan(request: Request):
         """Live `lmtune plan` of the form's config: memory, time, whether it fits and what would."""
-        values, _ = await form_values(request)
-        cfg, errors, general = check_form(values)
-        if cfg is None:
-            return "<p>The estimate appears once the config is valid.</p>"
         from lmtune.plan.command import plan
 
-        def show(out):
+        def show(cfg, out):
             with planning:  # one measurement at a time: they would time each other
                 plan(cfg, console=out)
 
-        return await asyncio.to_thread(captured, show)
+        return await live_output(request, "estimate", show)
 
     @app.post("/new/data", response_class=HTMLResponse)
     async def new_data(request: Request):
         """Live `lmtune data`: the rows as the model reads them, the trained-on tokens highlighted."""
-        values, _ = await form_values(request)
-        cfg, errors, general = check_form(values)
-        if cfg is None:
-            return "<p>The preview appears once the config is valid.</p>"
         from lmtune.plan.preview import preview
 
-        return await asyncio.to_thread(captured, lambda out: preview(cfg, rows=3, console=out))
+        return await live_output(request, "preview", lambda cfg, out: preview(cfg, rows=3, console=out))
 
     @app.post("/new", response_class=HTMLResponse)
     async def new_run(request: Request):

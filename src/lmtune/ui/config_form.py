@@ -26,8 +26,7 @@ TEXT_OR_NULL = ""  # an empty field is null (or the key's default where null is 
 
 @dataclass
 class FormField:
-    key: str  # section.name, also the input's name
-    label: str
+    key: str  # section.name: the input's name and its label
     choices: Optional[list[str]]  # a select (with "" for null where the key may be null), else a text input
     value: str
     type: str
@@ -108,7 +107,7 @@ def form_fields(values: Mapping[str, str], errors: Mapping[str, str] = {}) -> li
             key = f"{section}.{name}"
             choices = choices_of(section, name, info.annotation)
             registry = (section, name) in REGISTRY_VALUES
-            fields.append(FormField(key, key, choices, values.get(key, ""),
+            fields.append(FormField(key, choices, values.get(key, ""),
                                     "one of the choices" if registry else type_name(info.annotation),
                                     default_text(info), info.description or "", errors.get(key, "")))
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ") if section in ("distill",) else ""
@@ -119,7 +118,8 @@ def form_fields(values: Mapping[str, str], errors: Mapping[str, str] = {}) -> li
 def raw_from_form(values: Mapping[str, str]) -> dict[str, Any]:
     """The form's text as the raw config the CLI would read from YAML: text keys as typed, the others
     parsed as YAML scalars / flow lists and mappings; empty fields left to their defaults (or null
-    where the default is something else and null is allowed). An all-empty distill section is off."""
+    where the default is something else and null is allowed). An optional section (distill) is left
+    out while its required keys are empty."""
     raw: dict[str, Any] = {}
     classes = chosen_classes(values.get("method.name", "lora"), values.get("task.name", "sft"))
     for section, cls in classes.items():
@@ -138,7 +138,7 @@ def raw_from_form(values: Mapping[str, str]) -> dict[str, Any]:
             part[name] = text if takes_text(info.annotation) and text not in ("null",) else parse_override_value(text)
         if type(None) in typing.get_args(Config.model_fields[section].annotation) and any(
                 info.is_required() and not values.get(f"{section}.{name}", "").strip() for name, info in cls.model_fields.items()):
-            continue  # an optional section (distill) is off while its required keys are empty
+            continue
         raw[section] = part
     return raw
 
