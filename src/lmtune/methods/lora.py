@@ -3,6 +3,7 @@ a 4-bit base, is in qlora.py and shares these options."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal, Optional, Union
 
 from pydantic import Field
@@ -59,8 +60,9 @@ def check_lora(cfg) -> None:
 # adapted layer's input, as peft's path kept: 15.4 units then); with dropout > 0, each adapted input
 # again as dropped by its 0/1 mask, and the mask, in bf16 (docs/planner.md: refitted 2026-11-30).
 LORA_PLAN = PlanFacts(activation_units=9.2, dropout_units=5.2, adapts_blocks=True, lighter="qlora")
+DORA_PLAN = replace(LORA_PLAN, activation_units=15.4)  # DoRA keeps peft's path, and its fp32 copy of each input
 
 register_method(Method("lora", LoraMethod, apply_lora, freezes_base=True, mergeable=True, shareable=True,
                        check=check_lora, plan=LORA_PLAN))
 register_method(Method("dora", LoraMethod, apply_dora, freezes_base=True, mergeable=True, shareable=True,
-                       check=check_lora, plan=LORA_PLAN))
+                       check=check_lora, plan=DORA_PLAN))
