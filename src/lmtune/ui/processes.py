@@ -80,10 +80,8 @@ def start_queued(runs_dir: Path, max_running: int) -> list[str]:
     """Start the oldest waiting runs while fewer than max_running train."""
     started = []
     folder = runs_dir / QUEUE
-    while folder.is_dir() and len(busy_names(runs_dir)) < max_running:
-        entries = sorted(folder.glob("*.json"))
-        if not entries:
-            break
+    # The queue is looked at first: the server calls this every 2 s, and busy_names reads every run's status.
+    while (entries := sorted(folder.glob("*.json")) if folder.is_dir() else []) and len(busy_names(runs_dir)) < max_running:
         entry = json.loads(entries[0].read_text(encoding="utf-8"))
         entries[0].unlink()
         out = runs_dir / entry["name"]
