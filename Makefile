@@ -41,8 +41,11 @@ $(BROWSER_STAMP): $(STAMP)
 
 setup: $(STAMP)
 
+# The demo trains and evaluates on the validation split, then scores the held-out test split once.
 demo: $(STAMP)
-	$(VENV)/bin/lmtune train configs/sentiment_lora.yaml --output-dir runs/sentiment_lora-$$(date +%Y%m%d-%H%M%S)
+	out=runs/sentiment_lora-$$(date +%Y%m%d-%H%M%S) && \
+	$(VENV)/bin/lmtune train configs/sentiment_lora.yaml --output-dir $$out && \
+	$(VENV)/bin/lmtune eval $$out --data examples/data/rotten_tomatoes/test.jsonl --output $$out/test_eval.json
 
 # lint-imports: the layering contract in pyproject.toml (nothing imports a layer above it).
 test: $(STAMP) $(LLAMA_CPP_STAMP) $(BROWSER_STAMP)

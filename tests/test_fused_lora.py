@@ -56,6 +56,22 @@ def test_a_layer_gives_peft_outputs_and_gradients(dtype, autocast, rtol, dropout
         assert_near(fused, plain, rtol)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_operator_torch_compile_calls_computes_what_the_eager_node_computes(dropout, monkeypatch):
+    """Under torch.compile a LoRA layer is the custom operator lmtune::lora_linear (opaque to the
+    compiler, so its masks do not break the graph); run here without compiling, it must give the
+    autograd node's outputs and gradients exactly: the same products, the same masks."""
+    layer = lora_layer(torch.bfloat16, dropout, bias=True)
+    use_fused_lora(layer)
+    x = torch.randn(3, 5, 48, dtype=torch.bfloat16)
+    y_node, g_node = run_layer(layer, x, autocast=True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    y_op, g_op = run_layer(layer, x, autocast=True)
+    torch.testing.assert_close(y_op, y_node, rtol=0, atol=0)
+    for op, node in zip(g_op, g_node):
+        torch.testing.assert_close(op, node, rtol=0, atol=0)
+
+
 def test_other_calls_go_to_peft():
     layer = lora_layer(torch.float32, 0.0, bias=False)
     use_fused_lora(layer)

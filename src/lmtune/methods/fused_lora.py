@@ -22,52 +22,119 @@ per-request adapter names; every other call goes to peft's own forward.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from peft.tuners.lora.layer import Linear
 
 from lmtune.methods.fast_dropout import random_keep_mask
 
 
+def lora_forward(x2, weight, bias, lora_a, lora_b, scaling: float, p: float, compute_dtype):
+    """y = x W^T + b + scaling * dropout(x) A^T B^T for rows x2 (N x in), in compute_dtype; also
+    returns what the backward pass needs: dropout(x) (None without dropout), the mask, h and the
+    adapter's weights in compute_dtype."""
+    x2 = x2.to(compute_dtype)
+    w = weight.to(compute_dtype)
+    a, b = lora_weights(lora_a, lora_b, p, compute_dtype)
+    mask = dropped = None
+    if p > 0:
+        mask = random_keep_mask(x2.shape, 1.0 - p).to(compute_dtype)  # 0 / 1, exact in any dtype
+        dropped = x2 * mask
+    h = (x2 if dropped is None else dropped) @ a.t()
+    y = torch.addmm(bias.to(compute_dtype), x2, w.t()) if bias is not None else x2 @ w.t()
+    y.addmm_(h, b.t(), alpha=scaling)
+    return y, dropped, mask, h, a, b
+
+
+def lora_weights(lora_a, lora_b, p: float, compute_dtype):
+    # Dropout's 1 / (1 - p) goes into A, in A's own precision: 1.111 is 1.109 in bf16, a bias that
+    # a scaled bf16 mask would put on every step.
+    return (lora_a / (1.0 - p) if p > 0 else lora_a).to(compute_dtype), lora_b.to(compute_dtype)
+
+
+def lora_backward(grad2, dropped, mask, h, w, a, b, scaling: float, p: float, need_x: bool, adapter_dtype):
+    """Gradients at x (None unless need_x), and at A and B in the adapter's dtype, for rows grad2."""
+    g = grad2.to(w.dtype)
+    grad_b = (g.t() @ h).mul_(scaling).to(adapter_dtype)
+    gh = (g @ b).mul_(scaling)  # the gradient at h
+    grad_a = (gh.t() @ dropped).to(adapter_dtype)
+    if p > 0:
+        grad_a /= 1.0 - p
+    grad_x = None
+    if need_x:
+        through_lora = gh @ a
+        if mask is not None:
+            through_lora.mul_(mask)
+        grad_x = torch.addmm(through_lora, g, w)
+    return grad_x, grad_a, grad_b
+
+
 class LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float, compute_dtype):
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(compute_dtype)
-        w = weight.to(compute_dtype)
-        # Dropout's 1 / (1 - p) goes into A, in A's own precision: 1.111 is 1.109 in bf16, a bias that
-        # a scaled bf16 mask would put on every step.
-        keep = 1.0 - p
-        a, b = (lora_a / keep if p > 0 else lora_a).to(compute_dtype), lora_b.to(compute_dtype)
-        mask = None
-        dropped = x2
-        if p > 0:
-            mask = random_keep_mask(x2.shape, keep).to(compute_dtype)  # 0 / 1, exact in any dtype
-            dropped = x2 * mask
-        h = dropped @ a.t()
-        y = torch.addmm(bias.to(compute_dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-        y.addmm_(h, b.t(), alpha=scaling)
-        ctx.save_for_backward(dropped, mask, h, w, a, b)
-        ctx.scaling, ctx.keep, ctx.x_dtype, ctx.has_bias = scaling, keep, x.dtype, bias is not None
-        ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
+        x2 = x.reshape(-1, shape[-1])
+        y, dropped, mask, h, a, b = lora_forward(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype)
+        ctx.save_for_backward(x2.to(compute_dtype) if dropped is None else dropped, mask, h,
+                              weight.to(compute_dtype), a, b)
+        ctx.scaling, ctx.p, ctx.x_dtype, ctx.has_bias = scaling, p, x.dtype, bias is not None
+        ctx.adapter_dtype = lora_a.dtype
         return y.reshape(*shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         dropped, mask, h, w, a, b = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1]).to(w.dtype)
-        grad_b = (g.t() @ h).mul_(ctx.scaling).to(ctx.b_dtype)
-        gh = (g @ b).mul_(ctx.scaling)  # the gradient at h
-        grad_a = (gh.t() @ dropped).to(ctx.a_dtype)
-        if ctx.keep < 1.0:
-            grad_a /= ctx.keep
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            through_lora = gh @ a
-            if mask is not None:
-                through_lora.mul_(mask)
-            grad_x = torch.addmm(through_lora, g, w).reshape(*grad.shape[:-1], w.shape[1]).to(ctx.x_dtype)
-        grad_bias = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_x, grad_a, grad_b = lora_backward(g, dropped, mask, h, w, a, b, ctx.scaling, ctx.p,
+                                               ctx.needs_input_grad[0], ctx.adapter_dtype)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(*grad.shape[:-1], w.shape[1]).to(ctx.x_dtype)
+        grad_bias = g.to(w.dtype).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
+
+
+@torch.library.custom_op("lmtune::lora_linear", mutates_args=())
+def lora_linear_op(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
+                   lora_b: torch.Tensor, scaling: float, p: float,
+                   compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LoraLinear for torch.compile: an operator the compiler calls as it is (its products and masks
+    unchanged) while it fuses the block's other work around it. Returns y and, for the backward
+    pass, dropout(x), the mask (both empty without dropout) and h."""
+    y, dropped, mask, h, _, _ = lora_forward(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype)
+    if dropped is None:  # two distinct empty tensors: an operator's outputs may not alias one another
+        dropped, mask = x2.new_empty(0, dtype=compute_dtype), x2.new_empty(0, dtype=compute_dtype)
+    return y, dropped, mask, h
+
+
+@lora_linear_op.register_fake
+def _(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype):
+    rows, cols = x2.shape
+    kept = (rows, cols) if p > 0 else (0,)
+    return (x2.new_empty(rows, weight.shape[0], dtype=compute_dtype), x2.new_empty(kept, dtype=compute_dtype),
+            x2.new_empty(kept, dtype=compute_dtype), x2.new_empty(rows, lora_a.shape[0], dtype=compute_dtype))
+
+
+def _op_setup(ctx, inputs, output):
+    x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype = inputs
+    _, dropped, mask, h = output
+    ctx.save_for_backward(x2, weight, lora_a, lora_b, dropped, mask, h)
+    ctx.scaling, ctx.p, ctx.compute_dtype, ctx.has_bias = scaling, p, compute_dtype, bias is not None
+
+
+def _op_backward(ctx, grad, *unused):
+    x2, weight, lora_a, lora_b, dropped, mask, h = ctx.saved_tensors
+    p, dtype = ctx.p, ctx.compute_dtype
+    a, b = lora_weights(lora_a, lora_b, p, dtype)
+    grad_x, grad_a, grad_b = lora_backward(grad, dropped if p > 0 else x2.to(dtype), mask if p > 0 else None, h,
+                                           weight.to(dtype), a, b, ctx.scaling, p, ctx.needs_input_grad[0],
+                                           lora_a.dtype)
+    grad_x = grad_x.to(x2.dtype) if grad_x is not None else None
+    grad_bias = grad.to(dtype).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
+
+
+lora_linear_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
 class FusedLoraLinear(Linear):
@@ -87,8 +154,12 @@ class FusedLoraLinear(Linear):
         device = x.device.type
         # The dtype peft's sum ends in: autocast's, or else the base layer's.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
-        return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                                float(self.scaling[name]), p, dtype)
+        args = (base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]),
+                p, dtype)
+        if torch.compiler.is_compiling():
+            y = lora_linear_op(x.reshape(-1, x.shape[-1]), *args)[0]
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+        return LoraLinear.apply(x, *args)
 
 
 def use_fused_lora(model) -> int:
