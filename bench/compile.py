@@ -38,6 +38,7 @@ def build(variant: str, workload: str):
     from transformers import AutoModelForCausalLM
 
     from lmtune.config import LoraMethod, ModelConfig
+    from lmtune.training.compile import compile_blocks
     from lmtune.training.prepare import apply_method
     from lmtune.model.load import resolve_model_path
 
@@ -47,8 +48,7 @@ def build(variant: str, workload: str):
     model = apply_method(LoraMethod(r=8, alpha=32, dropout=dropout, target_modules="all-linear"), model, None)
     model.train()
     if variant == "blocks":
-        for block in model.base_model.model.model.layers:
-            block.compile()
+        compile_blocks(model)  # what train.compile does, inductor's cache directory included
     elif variant == "whole":
         model = torch.compile(model)
     return model

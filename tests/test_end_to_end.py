@@ -1,6 +1,7 @@
 """Drive the real entry points on tiny models: train a few steps, then eval and generate."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -161,6 +162,11 @@ def test_compiled_blocks_train_to_the_same_adapter_as_eager(tmp_path, tiny_llama
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # something was compiled and ran
     # LoRA (with dropout: random masks) runs inside the compiled block as one operator: no graph breaks.
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    # The compiled kernels went to lmtune's cache (keyed on the LoRA operator's version), not /tmp.
+    from lmtune.training.compile import inductor_cache_dir
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor_cache_dir())
+    assert any(inductor_cache_dir().iterdir())
     (eager, eager_weights), (compiled, compiled_weights) = runs[False], runs[True]
     assert eager_weights.keys() == compiled_weights.keys()  # in-place compile keeps the parameter names
     for name in eager_weights:

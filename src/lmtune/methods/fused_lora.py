@@ -11,7 +11,8 @@ Here the same sum is two products and an in-place accumulate, in bf16:
     h = dropout(x) @ A^T          (N x r)
     y = x @ W^T + b;  y += scaling * h @ B^T
 and the backward pass is written out: dB = scaling * g^T h, dA = (scaling * g B)^T dropout(x),
-dx = g W + dropout'(scaling * g B A). Only dropout(x) (bf16), the mask and h are kept. The adapter's
+dx = g W + dropout'(scaling * g B A). Only x (bf16; one copy for the layers that share an input),
+the boolean mask and h are kept; dropout(x) is formed again in the backward pass. The adapter's
 own weights stay fp32 (the optimizer updates them there); their gradients are accumulated in fp32.
 The dropout masks are FastDropout's, drawn in the same order, so a seeded run draws the same masks
 as the plain path (tests/test_fused_lora.py trains both and compares the adapters).
@@ -32,19 +33,16 @@ from lmtune.methods.fast_dropout import random_keep_mask
 
 def lora_forward(x2, weight, bias, lora_a, lora_b, scaling: float, p: float, compute_dtype):
     """y = x W^T + b + scaling * dropout(x) A^T B^T for rows x2 (N x in), in compute_dtype; also
-    returns what the backward pass needs: dropout(x) (None without dropout), the mask, h and the
-    adapter's weights in compute_dtype."""
+    returns what the backward pass needs besides x: the boolean keep mask (None without dropout),
+    h = dropout(x) A^T, and the adapter's weights in compute_dtype."""
     x2 = x2.to(compute_dtype)
     w = weight.to(compute_dtype)
     a, b = lora_weights(lora_a, lora_b, p, compute_dtype)
-    mask = dropped = None
-    if p > 0:
-        mask = random_keep_mask(x2.shape, 1.0 - p).to(compute_dtype)  # 0 / 1, exact in any dtype
-        dropped = x2 * mask
-    h = (x2 if dropped is None else dropped) @ a.t()
+    mask = random_keep_mask(x2.shape, 1.0 - p) if p > 0 else None
+    h = (x2 if mask is None else x2 * mask) @ a.t()
     y = torch.addmm(bias.to(compute_dtype), x2, w.t()) if bias is not None else x2 @ w.t()
     y.addmm_(h, b.t(), alpha=scaling)
-    return y, dropped, mask, h, a, b
+    return y, mask, h, a, b
 
 
 def lora_weights(lora_a, lora_b, p: float, compute_dtype):
@@ -53,12 +51,13 @@ def lora_weights(lora_a, lora_b, p: float, compute_dtype):
     return (lora_a / (1.0 - p) if p > 0 else lora_a).to(compute_dtype), lora_b.to(compute_dtype)
 
 
-def lora_backward(grad2, dropped, mask, h, w, a, b, scaling: float, p: float, need_x: bool, adapter_dtype):
-    """Gradients at x (None unless need_x), and at A and B in the adapter's dtype, for rows grad2."""
+def lora_backward(grad2, x2, mask, h, w, a, b, scaling: float, p: float, need_x: bool, adapter_dtype):
+    """Gradients at x (None unless need_x), and at A and B in the adapter's dtype, for rows grad2
+    of the layer whose input rows were x2 (in compute_dtype) and keep mask `mask`."""
     g = grad2.to(w.dtype)
     grad_b = (g.t() @ h).mul_(scaling).to(adapter_dtype)
     gh = (g @ b).mul_(scaling)  # the gradient at h
-    grad_a = (gh.t() @ dropped).to(adapter_dtype)
+    grad_a = (gh.t() @ (x2 if mask is None else x2 * mask)).to(adapter_dtype)
     if p > 0:
         grad_a /= 1.0 - p
     grad_x = None
@@ -74,19 +73,21 @@ class LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float, compute_dtype):
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        y, dropped, mask, h, a, b = lora_forward(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype)
-        ctx.save_for_backward(x2.to(compute_dtype) if dropped is None else dropped, mask, h,
-                              weight.to(compute_dtype), a, b)
+        x2 = x.reshape(-1, shape[-1]).to(compute_dtype)
+        y, mask, h, a, b = lora_forward(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype)
+        # x itself, not dropout(x): the layers that read one input (q, k, v; gate, up) keep one copy
+        # of it between them, each with its own one-byte mask, where each kept its own 16-bit
+        # product and mask before.
+        ctx.save_for_backward(x2, mask, h, weight.to(compute_dtype), a, b)
         ctx.scaling, ctx.p, ctx.x_dtype, ctx.has_bias = scaling, p, x.dtype, bias is not None
         ctx.adapter_dtype = lora_a.dtype
         return y.reshape(*shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        dropped, mask, h, w, a, b = ctx.saved_tensors
+        x2, mask, h, w, a, b = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
-        grad_x, grad_a, grad_b = lora_backward(g, dropped, mask, h, w, a, b, ctx.scaling, ctx.p,
+        grad_x, grad_a, grad_b = lora_backward(g, x2, mask, h, w, a, b, ctx.scaling, ctx.p,
                                                ctx.needs_input_grad[0], ctx.adapter_dtype)
         if grad_x is not None:
             grad_x = grad_x.reshape(*grad.shape[:-1], w.shape[1]).to(ctx.x_dtype)
@@ -97,38 +98,35 @@ class LoraLinear(torch.autograd.Function):
 @torch.library.custom_op("lmtune::lora_linear", mutates_args=())
 def lora_linear_op(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
                    lora_b: torch.Tensor, scaling: float, p: float,
-                   compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LoraLinear for torch.compile: an operator the compiler calls as it is (its products and masks
     unchanged) while it fuses the block's other work around it. Returns y and, for the backward
-    pass, dropout(x), the mask (both empty without dropout) and h."""
-    y, dropped, mask, h, _, _ = lora_forward(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype)
-    if dropped is None:  # two distinct empty tensors: an operator's outputs may not alias one another
-        dropped, mask = x2.new_empty(0, dtype=compute_dtype), x2.new_empty(0, dtype=compute_dtype)
-    return y, dropped, mask, h
+    pass, the keep mask (empty without dropout) and h."""
+    y, mask, h, _, _ = lora_forward(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype)
+    return y, x2.new_empty(0, dtype=torch.bool) if mask is None else mask, h
 
 
 @lora_linear_op.register_fake
 def _(x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype):
     rows, cols = x2.shape
-    kept = (rows, cols) if p > 0 else (0,)
-    return (x2.new_empty(rows, weight.shape[0], dtype=compute_dtype), x2.new_empty(kept, dtype=compute_dtype),
-            x2.new_empty(kept, dtype=compute_dtype), x2.new_empty(rows, lora_a.shape[0], dtype=compute_dtype))
+    return (x2.new_empty(rows, weight.shape[0], dtype=compute_dtype),
+            x2.new_empty((rows, cols) if p > 0 else (0,), dtype=torch.bool),
+            x2.new_empty(rows, lora_a.shape[0], dtype=compute_dtype))
 
 
 def _op_setup(ctx, inputs, output):
     x2, weight, bias, lora_a, lora_b, scaling, p, compute_dtype = inputs
-    _, dropped, mask, h = output
-    ctx.save_for_backward(x2, weight, lora_a, lora_b, dropped, mask, h)
+    _, mask, h = output
+    ctx.save_for_backward(x2, weight, lora_a, lora_b, mask, h)
     ctx.scaling, ctx.p, ctx.compute_dtype, ctx.has_bias = scaling, p, compute_dtype, bias is not None
 
 
 def _op_backward(ctx, grad, *unused):
-    x2, weight, lora_a, lora_b, dropped, mask, h = ctx.saved_tensors
+    x2, weight, lora_a, lora_b, mask, h = ctx.saved_tensors
     p, dtype = ctx.p, ctx.compute_dtype
     a, b = lora_weights(lora_a, lora_b, p, dtype)
-    grad_x, grad_a, grad_b = lora_backward(grad, dropped if p > 0 else x2.to(dtype), mask if p > 0 else None, h,
-                                           weight.to(dtype), a, b, ctx.scaling, p, ctx.needs_input_grad[0],
-                                           lora_a.dtype)
+    grad_x, grad_a, grad_b = lora_backward(grad, x2.to(dtype), mask if p > 0 else None, h, weight.to(dtype), a, b,
+                                           ctx.scaling, p, ctx.needs_input_grad[0], lora_a.dtype)
     grad_x = grad_x.to(x2.dtype) if grad_x is not None else None
     grad_bias = grad.to(dtype).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return grad_x, None, grad_bias, grad_a, grad_b, None, None, None

@@ -57,10 +57,12 @@ def check_lora(cfg) -> None:
 
 
 # Through methods/fused_lora.py LoRA keeps about what full fine-tuning keeps (no fp32 copy of each
-# adapted layer's input, as peft's path kept: 15.4 units then); with dropout > 0, each adapted input
-# again as dropped by its 0/1 mask, and the mask, in bf16 (docs/planner.md: refitted 2026-11-30).
-LORA_PLAN = PlanFacts(activation_units=9.2, dropout_units=5.2, adapts_blocks=True, lighter="qlora")
-DORA_PLAN = replace(LORA_PLAN, activation_units=15.4)  # DoRA keeps peft's path, and its fp32 copy of each input
+# adapted layer's input, as peft's path kept: 15.4 units then); with dropout > 0, a one-byte mask
+# per adapted input (docs/planner.md: refitted 2026-12-01; 5.2 units when each layer kept its
+# dropped input and a bf16 mask).
+LORA_PLAN = PlanFacts(activation_units=9.2, dropout_units=3.7, adapts_blocks=True, lighter="qlora")
+# DoRA keeps peft's path: its fp32 copy of each input, and with dropout a dropped copy and a mask per layer.
+DORA_PLAN = replace(LORA_PLAN, activation_units=15.4, dropout_units=5.2)
 
 register_method(Method("lora", LoraMethod, apply_lora, freezes_base=True, mergeable=True, shareable=True,
                        check=check_lora, plan=LORA_PLAN))
