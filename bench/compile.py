@@ -4,7 +4,7 @@
 
 `blocks` compiles each decoder block (regional compilation: the 30 blocks share one compiled graph),
 `whole` the whole model. The step is the training step lmtune runs: bf16 base weights, LoRA r=8 on
-all linear layers in fp32 under bf16 autocast, the LM head at the target positions only, the attention each workload uses in lmtune. The rows
+all linear layers (fp32 weights, bf16 products: methods/fused_lora.py) under bf16 autocast, the LM head at the target positions only, the attention each workload uses in lmtune. The rows
 change length from batch to batch as in training (length-grouped batches), so the compiled variants
 pay for recompiling or for dynamic shapes; the table shows the first pass over the lengths
 (compilation included) and the steady time per step after it. Inductor's on-disk cache is off
