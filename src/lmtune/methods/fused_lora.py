@@ -154,6 +154,8 @@ class FusedLoraLinear(Linear):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
         args = (base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]),
                 p, dtype)
+        # The custom operator only under compilation: run eagerly, its dispatch made a seed-recipe
+        # step about 3% slower than the autograd node (0.729 against 0.705 s, alternating in one process).
         if torch.compiler.is_compiling():
             y = lora_linear_op(x.reshape(-1, x.shape[-1]), *args)[0]
             return y.reshape(*x.shape[:-1], y.shape[-1])
