@@ -4,13 +4,15 @@
 
 The run is `lmtune train` on bench/vs_reference.py's workload and settings (SmolLM2, LoRA r=8 /
 alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down, the same rows, batch and learning rate), cut to
---steps optimizer steps, each variant in its own process (so that peak RSS is its own). Two levers
-have no setting because nobody should turn them off; this script turns them off in its own process:
-`full_logits` runs the LM head over the whole vocabulary at every position and upcasts those logits
-to fp32 (what the model's own loss does), `torch_dropout` keeps peft's nn.Dropout instead of
-FastDropout. The table reports seconds per step, real (non-padding) tokens/s, peak RSS and each
-variant's speed relative to the defaults. torch.compile and thread counts have their own scripts
-(bench/compile.py, bench/threads.py).
+--steps optimizer steps, each variant in its own process (so that peak RSS is its own); a lever named
+twice runs twice, so `--levers defaults,x,defaults,x` alternates them. Four levers have no setting
+because nobody should turn them off; this script turns them off in its own process: `full_logits`
+runs the LM head over the whole vocabulary at every position and upcasts those logits to fp32 (what
+the model's own loss does), `torch_dropout` keeps peft's nn.Dropout instead of FastDropout,
+`peft_lora` keeps peft's LoRA forward, `plain_block` keeps transformers' RMSNorm and MLP forward.
+The table reports seconds per step, real (non-padding) tokens/s, peak RSS and each variant's speed
+relative to the defaults. torch.compile and thread counts have their own scripts (bench/compile.py,
+bench/threads.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ LEVERS = {
                     ("classification", "sft", "seed")),
     "torch_dropout": ("FastDropout: peft's nn.Dropout", [], ("classification", "sft", "seed")),
     "peft_lora": ("LoRA as one bf16 autograd node per layer: peft's LoRA forward", [], ("classification", "sft", "seed")),
+    "plain_block": ("RMSNorm and SiLU(gate) * up as one node each (model/lean_block.py): transformers' modules", [],
+                    ("classification", "sft", "seed")),
     "sdpa": ("eager attention (the classification config's choice): sdpa", ["model.attn_implementation=sdpa"],
              ("classification", "seed")),
     "checkpointing": ("no gradient checkpointing: checkpointing on", ["train.gradient_checkpointing=true"],
@@ -64,6 +68,7 @@ def one(lever: str, argv: list[str]) -> None:
     import lmtune.methods.peft_common
     import lmtune.tasks.label_tokens
     import lmtune.tasks.sft
+    import lmtune.training.prepare
     from lmtune.cli import main
 
     if lever == "full_logits":
@@ -72,6 +77,8 @@ def one(lever: str, argv: list[str]) -> None:
         lmtune.methods.peft_common.use_fast_dropout = lambda model: 0
     elif lever == "peft_lora":
         lmtune.methods.peft_common.fused_lora = lambda model: 0
+    elif lever == "plain_block":
+        lmtune.training.prepare.use_lean_block = lambda model: 0
     sys.exit(main(argv))
 
 
@@ -91,11 +98,11 @@ def main() -> None:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         rows = sample_rows(ROOT / w["train"], w["rows"], Path(tmp) / "train.jsonl")
-        for lever in args.levers.split(","):
+        for i, lever in enumerate(args.levers.split(",")):  # a lever may be named twice, to alternate
             what, overrides, workloads = LEVERS[lever]
             if args.workload not in workloads:
                 continue
-            out = Path(tmp) / lever
+            out = Path(tmp) / f"{i}-{lever}"
             command = [sys.executable, __file__, "--one", lever, *lmtune_train_args(w, rows, out, args.seed),
                        f"train.max_steps={args.steps}", *overrides]
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

@@ -13,6 +13,7 @@ from lmtune.data.dataset import Split, SplitInfo, read_splits, stream_split, tok
 from lmtune.data.tokenize import TRUNCATED
 from lmtune.loading import attach_reference, load_for_training
 from lmtune.methods import METHODS, AddedModules, Method, trainable_summary
+from lmtune.model.lean_block import use_lean_block
 from lmtune.model.precision import resolve_precision, weights_dtype
 from lmtune.training.compile import compile_blocks
 
@@ -64,7 +65,9 @@ def apply_method(method_cfg, model, tokenizer, task=None):
     if task is not None:
         model = task.prepare(model)
     added = task.added_modules() if task is not None else AddedModules()
-    return METHODS.get(method_cfg.name).apply(model, method_cfg, tokenizer, added)
+    model = METHODS.get(method_cfg.name).apply(model, method_cfg, tokenizer, added)
+    use_lean_block(model)  # the same norms and MLPs, with less kept for backward (model/lean_block.py)
+    return model
 
 
 def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision: Optional[str] = None,
