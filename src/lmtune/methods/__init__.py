@@ -23,7 +23,7 @@ class PlanFacts:
     """What the planner needs to know about a method (constants fitted in docs/planner.md)."""
 
     # Activation bytes kept for backward per token and block, in units of (4 x hidden + intermediate).
-    activation_units: float = 8.5
+    activation_units: float = 6.6
     dropout_units: float = 0.0  # added when the method's dropout option is > 0 (one mask per adapted input)
     weights: Literal["trained", "frozen", "4bit"] = "frozen"  # trained: fp32 master copies of every weight
     trains_base: bool = False  # every base weight (and the LM head) gets a gradient

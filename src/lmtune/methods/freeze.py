@@ -50,4 +50,4 @@ def apply_freeze(model, options, tokenizer, added):
 
 
 register_method(Method("freeze", FreezeMethod, apply_freeze, freezes_base=False, saves="model",
-                       plan=PlanFacts(activation_units=9.3, weights="trained")))
+                       plan=PlanFacts(activation_units=7.2, weights="trained")))

@@ -19,4 +19,4 @@ def apply_full(model, options, tokenizer, added):
 
 
 register_method(Method("full", FullMethod, apply_full, freezes_base=False, saves="model",
-                       plan=PlanFacts(activation_units=9.3, weights="trained", trains_base=True, lighter="qlora")))
+                       plan=PlanFacts(activation_units=7.2, weights="trained", trains_base=True, lighter="qlora")))

@@ -58,11 +58,11 @@ def check_lora(cfg) -> None:
 
 # Through methods/fused_lora.py LoRA keeps about what full fine-tuning keeps (no fp32 copy of each
 # adapted layer's input, as peft's path kept: 15.4 units then); with dropout > 0, a one-byte mask
-# per adapted input (docs/planner.md: refitted 2026-12-01; 5.2 units when each layer kept its
-# dropped input and a bf16 mask).
-LORA_PLAN = PlanFacts(activation_units=9.2, dropout_units=3.7, adapts_blocks=True, lighter="qlora")
+# per adapted input (5.2 units when each layer kept its dropped input and a bf16 mask). Every
+# method's units fell by 1.5-2.1 with model/lean_block.py (docs/planner.md, refitted 2026-12-01).
+LORA_PLAN = PlanFacts(activation_units=7.7, dropout_units=3.7, adapts_blocks=True, lighter="qlora")
 # DoRA keeps peft's path: its fp32 copy of each input, and with dropout a dropped copy and a mask per layer.
-DORA_PLAN = replace(LORA_PLAN, activation_units=15.4, dropout_units=5.2)
+DORA_PLAN = replace(LORA_PLAN, activation_units=13.9, dropout_units=5.2)
 
 register_method(Method("lora", LoraMethod, apply_lora, freezes_base=True, mergeable=True, shareable=True,
                        check=check_lora, plan=LORA_PLAN))

@@ -41,5 +41,5 @@ register_method(Method("qlora", LoraMethod, apply_qlora, freezes_base=True, merg
                        check=check_lora,
                        # the 4-bit base cannot be built on the meta device; LoRA there trains the same matrices.
                        # peft's 4-bit path keeps more than the fused 16-bit one: dropout's units are 5.2 here.
-                       plan=replace(LORA_PLAN, activation_units=15.6, dropout_units=5.2, weights="4bit", lighter=None,
+                       plan=replace(LORA_PLAN, activation_units=14.1, dropout_units=5.2, weights="4bit", lighter=None,
                                     meta_stand_in="lora")))
