@@ -130,3 +130,16 @@ def test_training_gives_the_weights_of_the_plain_modules(tmp_path, tiny_llama, m
     lean, plain = weights(tmp_path / "lean", method), weights(tmp_path / "plain", method)
     assert lean.keys() == plain.keys()
     assert relative_error(lean, plain) < 1e-5
+
+
+def test_under_bf16_autocast_the_outputs_are_transformers():
+    torch.manual_seed(0)
+    modules = [norm(torch.bfloat16, trained=False),
+               LlamaMLP(LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, hidden_act="silu"))]
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    for module in modules:  # the MLP's weights stay fp32: autocast casts them, as in full fine-tuning
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = module(x)
+            use_lean_block(module)
+            lean = module(x)
+        assert lean.dtype == plain.dtype and torch.equal(lean, plain)

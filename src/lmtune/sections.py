@@ -4,7 +4,7 @@ module (methods/*.py, tasks/*.py) and put together with these in config.py."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -109,7 +109,9 @@ class TrainConfig(Section):
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the hardware has it")
     gradient_checkpointing: bool = False
-    compile: bool = Field(False, description="torch.compile each transformer block: faster steps after about a minute of compiling (long runs)")
+    compile: Union[Literal["auto"], bool] = Field(
+        "auto", description="torch.compile each transformer block. auto: part-way into a plain-LoRA run on a CPU, when its first "
+        "steps show that the steps left win the compile time back; true: from the first step; false: never")
     neftune_noise_alpha: Optional[float] = Field(None, gt=0, description="NEFTune: noise on the input embeddings while training (SFT; 5 is usual)")
     group_by_length: bool = Field(True, description="batch rows of similar length together: less padding to compute")
     logging_steps: int = Field(10, gt=0)

@@ -12,6 +12,7 @@ from lmtune.data.tokenize import TRUNCATED
 from lmtune.errors import ConfigError
 from lmtune.run_dir import RunDir
 from lmtune.training.arguments import optimizer_arguments
+from lmtune.training.auto_compile import AutoCompile, shapes_key, why_not_auto
 from lmtune.training.callbacks import JsonlLogger
 from lmtune.training.interrupt import StopCallback, StopRequest
 from lmtune.training.prepare import Prepared
@@ -26,11 +27,13 @@ class Fitted:
     new_tokens: int  # tokens trained on in this process's run (a resumed run's earlier ones excluded)
 
 
-def build_callbacks(prep: Prepared, run: RunDir, reporter: Reporters, stop: StopRequest, main: bool) -> list:
+def build_callbacks(prep: Prepared, run: RunDir, reporter: Reporters, stop: StopRequest, main: bool, args) -> list:
     from transformers import EarlyStoppingCallback
 
     callbacks = [JsonlLogger(run), StopCallback(stop), EventCallback(reporter), *reporter.trainer_callbacks()]
     t = prep.cfg.train
+    if t.compile == "auto" and why_not_auto(prep.cfg, args.device, args.world_size) is None:
+        callbacks.append(AutoCompile(shapes_key(prep.model, prep.cfg, prep.precision), reporter.emit))
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(t.early_stopping_patience, t.early_stopping_threshold))
     if "tensorboard" in t.report_to and main:
@@ -57,7 +60,7 @@ def fit(prep: Prepared, run: RunDir, args, reporter: Reporters, stop: StopReques
         train_dataset=prep.train_data.remove_columns([TRUNCATED]),
         eval_dataset=prep.eval_data,
         data_collator=prep.task.collator(packing=cfg.data.packing),
-        callbacks=build_callbacks(prep, run, reporter, stop, main),
+        callbacks=build_callbacks(prep, run, reporter, stop, main, args),
         task=prep.task,
         precision=prep.precision,
         on_nan=cfg.train.on_nan,

@@ -122,7 +122,7 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
         scores = task.evaluate(model, eval_data, cfg.train.eval_batch_size, precision)
         emit({"event": "evaluated", "when": "zero_shot", "step": 0, "metrics": scores})
     model = apply_method(cfg.method, model, tokenizer, task)
-    if cfg.train.compile:
+    if cfg.train.compile is True:  # "auto" decides during the run (training/auto_compile.py)
         emit({"event": "phase", "name": "compiling", "blocks": compile_blocks(model)})
     trainable, total = trainable_summary(model)
     prepared = Prepared(cfg, model, tokenizer, task, METHODS.get(cfg.method.name), precision, train_data, train_info,

@@ -89,6 +89,11 @@ class ConsoleReporter:
             message = PHASES.get(event["name"])
             if message:
                 say(message.format(**event))
+        elif kind == "auto_compile":
+            e = event
+            say(f"train.compile=auto at step {e['step']}: {e['steps_left']} steps left at {e['step_s']:.2f} s; compiling "
+                f"would save ~{e['saving_s']} s for ~{e['cost_s']:.0f} s ({'warm' if e['warm_cache'] else 'cold'} cache): "
+                + ("compiling" if e["compiled"] else "staying eager"))
         elif kind == "model":
             e = event
             say(f"{e['method']}: {e['trainable']:,} trainable parameters of {e['total']:,} "

@@ -29,6 +29,7 @@ from lmtune.model.precision import resolve_precision
 from lmtune.plot import plot_runs
 from lmtune.run_dir import FAILED, FINISHED, INTERRUPTED, RUNNING, RunDir
 from lmtune.training.arguments import best_metric, training_arguments
+from lmtune.training.auto_compile import compiled_from_step
 from lmtune.training.checkpoint import CHECKPOINT_CONFIG, checkpoint_step, clear_staging, latest_checkpoint, resume_checkpoint
 from lmtune.training.fit import Fitted, fit
 from lmtune.training.interrupt import RunInterrupted, StopRequest
@@ -225,6 +226,7 @@ def train_metrics(prep: Prepared, fitted: Fitted, checkpoint: Optional[Path]) ->
         "total_params": prep.total,
         "trainable_share": round(prep.trainable / prep.total, 6),
         "precision": prep.precision,
+        "compiled_from_step": compiled_from_step(prep.cfg, trainer),
         "skipped_nonfinite_batches": trainer.skipped_nonfinite,
         "resumed_from": str(checkpoint) if checkpoint else None,
     }

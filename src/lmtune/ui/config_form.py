@@ -39,15 +39,16 @@ def choices_of(section: str, name: str, annotation: Any) -> Optional[list[str]]:
     """The allowed values of an enum-like key (a Literal, a bool, or a registry's names)."""
     if (section, name) in REGISTRY_VALUES:
         return list(REGISTRY_VALUES[(section, name)]())
-    optional = [""] if type(None) in typing.get_args(annotation) else []
-    inner = annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[X]: X, with null allowed
-        inner = next(a for a in typing.get_args(annotation) if a is not type(None))
-    if inner is bool:
-        return optional + ["true", "false"]
-    if typing.get_origin(inner) is typing.Literal:
-        return optional + [str(a) for a in typing.get_args(inner)]
-    return None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # Optional[X], or "auto" | bool
+    choices = [""] if type(None) in typing.get_args(annotation) else []
+    for inner in typing.get_args(annotation) if union else (annotation,):
+        if inner is bool:
+            choices += ["true", "false"]
+        elif typing.get_origin(inner) is typing.Literal:
+            choices += [str(a) for a in typing.get_args(inner)]
+        elif inner is not type(None):
+            return None
+    return choices
 
 
 def takes_text(annotation: Any) -> bool:
