@@ -33,6 +33,7 @@ def test_a_short_run_stays_eager(tmp_path, tiny_llama):
 def test_a_run_that_wins_the_cost_back_compiles_part_way(tmp_path, tiny_llama, monkeypatch):
     monkeypatch.setattr(auto_compile, "COST_S", {True: 0.0, False: 0.0})  # a tiny model's steps save little: make it pay
     metrics, decisions, compiled = run_steps(tmp_path, tiny_llama, 13)
+    torch._dynamo.reset()  # leave no compiled code for later tests of this process to reuse
     assert [(d["step"], d["steps_left"], d["compiled"]) for d in decisions] == [(10, 3, True)]
     assert metrics["compiled_from_step"] == 10 and all(compiled) and metrics["steps"] == 13
     # Two compiled steps ran: the next run of these shapes counts on the warm cache's cost.

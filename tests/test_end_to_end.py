@@ -150,6 +150,7 @@ def test_compiled_blocks_train_to_the_same_adapter_as_eager(tmp_path, tiny_llama
     from safetensors.torch import load_file
 
     runs = {}
+    torch._dynamo.reset()  # compiled code another test left in this process would be reused: no new graphs to count
     torch._dynamo.utils.counters.clear()
     for compiled in (False, True):
         out = tmp_path / f"compile-{compiled}"
