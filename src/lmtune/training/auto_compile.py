@@ -1,9 +1,9 @@
 """train.compile=auto: compile the blocks part-way into a run, once its first steps show that the
 steps left will win the compile time back.
 
-Compiled blocks make a LoRA step on this CPU 9-26% faster (docs/benchmarks.md: 9% at 8 x 32
-tokens, 26% at 16 x ~50, 11% at 8 x ~250), but compiling costs about 75 s the first time a machine
-sees a model's shapes and about 6 s once inductor's on-disk cache holds them. So the run starts
+Compiled blocks make a LoRA step on this CPU 9-11% faster (docs/benchmarks.md: 9% at 8 x 32
+tokens, 11% at 16 x ~50 and at 8 x ~250), but compiling costs 75-80 s the first time a machine sees
+a model's shapes and 6-10 s once inductor's on-disk cache holds them. So the run starts
 eager, times a few steps, and compiles when `steps left x step time x GAIN` exceeds MARGIN times the
 expected cost: the warm cost when an earlier run of the same shapes compiled here (a marker file
 beside the cache), else the cold one. The decision and its numbers are reported as an event.
