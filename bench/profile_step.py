@@ -1,6 +1,6 @@
 """Where a training step of `lmtune train` spends its time: torch.profiler over a few steps.
 
-    .venv/bin/python bench/profile_step.py [--config CONFIG] [--steps 5] [--warmup 3] [key=value ...]
+    .venv/bin/python bench/profile_step.py [--config CONFIG] [--steps 5] [--warmup 3] [--shapes] [key=value ...]
 
 Runs the real training path in this process (default: the demo, configs/sentiment_lora.yaml),
 profiles --steps optimizer steps after --warmup, and prints: the wall time per step, the share of
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class ProfileSteps(TrainerCallback):
-    def __init__(self, warmup: int, steps: int):
+    def __init__(self, warmup: int, steps: int, shapes: bool = False):
         self.warmup, self.steps = warmup, steps
-        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=shapes)
         self.started = self.wall = None
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -59,8 +59,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     args, overrides = parser.parse_known_args()
-    profile = ProfileSteps(args.warmup, args.steps)
+    profile = ProfileSteps(args.warmup, args.steps, args.shapes)
     build_callbacks = fit_module.build_callbacks
     fit_module.build_callbacks = lambda *a: [*build_callbacks(*a), profile]
     collate_times: list[float] = []
@@ -70,7 +71,7 @@ def main() -> None:
         cfg = load_config(args.config, [*overrides, f"output.dir={out}/run", "train.zero_shot_eval=false",
                                         "data.validation=null", f"train.max_steps={args.warmup + args.steps + 1}"])
         run_module.train(cfg)
-    events = profile.profiler.key_averages()
+    events = profile.profiler.key_averages(group_by_input_shape=args.shapes)
     # aten operators' own time (kernels and their dispatch); record_function ranges such as the
     # optimizer's step hold Python and are left out.
     in_ops = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e6
@@ -80,7 +81,8 @@ def main() -> None:
           f"| ---: | ---: | ---: | ---: |\n"
           f"| {per_step:.3f} s | {100 * min(in_ops / profile.wall, 1):.1f}% | {100 * max(1 - in_ops / profile.wall, 0):.1f}% | "
           f"{1000 * sum(collate_times) / max(len(collate_times), 1):.2f} ms |\n")
-    print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=40,
+                       max_shapes_column_width=70))
 
 
 if __name__ == "__main__":

@@ -39,10 +39,17 @@ def lora_forward(x2, weight, bias, lora_a, lora_b, scaling: float, p: float, com
     w = weight.to(compute_dtype)
     a, b = lora_weights(lora_a, lora_b, p, compute_dtype)
     mask = random_keep_mask(x2.shape, 1.0 - p) if p > 0 else None
-    h = (x2 if mask is None else x2 * mask) @ a.t()
+    h = dropped(x2, mask) @ a.t()
     y = torch.addmm(bias.to(compute_dtype), x2, w.t()) if bias is not None else x2 @ w.t()
     y.addmm_(h, b.t(), alpha=scaling)
     return y, mask, h, a, b
+
+
+def dropped(x2, mask):
+    """x2 with the dropped elements zeroed. The mask is multiplied in as bytes: multiplying by the
+    boolean mask converts it to x2's dtype first, a copy that took 4x the multiply itself (0.37 of
+    0.47 ms at 1,680 x 576)."""
+    return x2 if mask is None else x2 * mask.view(torch.uint8)
 
 
 def lora_weights(lora_a, lora_b, p: float, compute_dtype):
@@ -57,14 +64,14 @@ def lora_backward(grad2, x2, mask, h, w, a, b, scaling: float, p: float, need_x:
     g = grad2.to(w.dtype)
     grad_b = (g.t() @ h).mul_(scaling).to(adapter_dtype)
     gh = (g @ b).mul_(scaling)  # the gradient at h
-    grad_a = (gh.t() @ (x2 if mask is None else x2 * mask)).to(adapter_dtype)
+    grad_a = (gh.t() @ dropped(x2, mask)).to(adapter_dtype)
     if p > 0:
         grad_a /= 1.0 - p
     grad_x = None
     if need_x:
         through_lora = gh @ a
         if mask is not None:
-            through_lora.mul_(mask)
+            through_lora.mul_(mask.view(torch.uint8))
         grad_x = torch.addmm(through_lora, g, w)
     return grad_x, grad_a, grad_b
 

@@ -16,6 +16,7 @@ from lmtune.methods import AddedModules, virtual_tokens_in_sequence
 from lmtune.model.load import CAUSAL_LM, ModelSpec
 from lmtune.registry import Registry
 from lmtune.sections import Section
+from lmtune.tasks.token_cross_entropy import token_cross_entropy
 
 if TYPE_CHECKING:
     from lmtune.config import Config
@@ -36,8 +37,10 @@ def register_task(name: str):
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
 
 
-def target_logits(model, inputs: dict[str, torch.Tensor], virtual_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits only where a target is predicted, and those targets: (N, vocab) fp32 and (N,).
+def target_logits(model, inputs: dict[str, torch.Tensor], virtual_tokens: int | None = None,
+                  upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits only where a target is predicted, and those targets: (N, vocab) fp32 (in the model's
+    own dtype with upcast=False) and (N,).
 
     The LM head runs only at positions whose next label is not -100 (a boolean logits_to_keep),
     so a prompt-heavy batch never materialises logits over the whole vocabulary for every token.
@@ -54,7 +57,15 @@ def target_logits(model, inputs: dict[str, torch.Tensor], virtual_tokens: int | 
     kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     # use_cache=False: without a cache the model reads packed rows from position_ids.
     logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
-    return logits.reshape(-1, logits.shape[-1]).float(), next_labels[next_labels != IGNORE]
+    logits = logits.reshape(-1, logits.shape[-1])
+    return logits.float() if upcast else logits, next_labels[next_labels != IGNORE]
+
+
+def target_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Task.loss for the tasks whose logits_and_targets is target_logits: the same summed
+    cross-entropy, from the logits in the model's dtype, upcast a few rows at a time."""
+    logits, targets = target_logits(model, inputs, upcast=False)
+    return token_cross_entropy(logits, targets).sum(), targets.numel()
 
 
 class TaskOptions(Section):

@@ -16,7 +16,7 @@ from pydantic import Field
 from lmtune.data.examples import LabelledText, from_batch
 from lmtune.data.tokenize import IGNORE, clip_chat, text_budget, tokenize_segments, truncate
 from lmtune.errors import ConfigError
-from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
+from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits, target_loss
 
 
 class LabelTokensOptions(TaskOptions):
@@ -80,6 +80,9 @@ class LabelTokensTask(Task):
 
     def logits_and_targets(self, model, inputs):
         return target_logits(model, inputs)
+
+    def loss(self, model, inputs):
+        return target_loss(model, inputs)
 
     def classes(self, logits):
         # The prediction is the best label word. For distillation: over the whole vocabulary, matching the teacher's softened tail (49k entries on SmolLM2)

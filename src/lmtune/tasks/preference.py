@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from lmtune.data.collate import PadCollator
@@ -24,6 +23,7 @@ from lmtune.data.tokenize import IGNORE, clip_chat, text_budget, tokenize_segmen
 from lmtune.tasks.base import Task, TaskOptions, target_logits
 from lmtune.tasks.reference_logps import batch_reference_logps
 from lmtune.tasks.shared_prefix import SharedPrefixCollator, can_share_prefix, shared_prefix_logits
+from lmtune.tasks.token_cross_entropy import token_cross_entropy
 
 
 class SharesPrompt(TaskOptions):
@@ -54,11 +54,11 @@ def sequence_logps(model, inputs: dict, virtual_tokens: int | None = None) -> tu
         n = int(inputs["answers"])
         answers = answers % 2 * (n // 2) + answers // 2  # chosen ones first
     else:
-        logits, targets = target_logits(model, inputs, virtual_tokens)
+        logits, targets = target_logits(model, inputs, virtual_tokens, upcast=False)
         next_labels = inputs["labels"][:, 1:]
         answers = torch.nonzero(next_labels != IGNORE)[:, 0]  # the row of each target, in target_logits' order
         n = inputs["labels"].shape[0]
-    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 1, targets[:, None]).squeeze(1)
+    token_logps = -token_cross_entropy(logits, targets)
     sums = token_logps.new_zeros(n).index_add(0, answers, token_logps)
     counts = torch.bincount(answers, minlength=n).to(token_logps.dtype)
     return sums, counts

@@ -11,7 +11,7 @@ import torch
 from lmtune.data.examples import Chat, Document, family_of, from_batch
 from lmtune.data.templates import Segment
 from lmtune.data.tokenize import bos_prefix, clip_chat, text_budget, tokenize_segments, truncate
-from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits
+from lmtune.tasks.base import Task, TaskOptions, register_task, target_logits, target_loss
 
 
 class SftOptions(TaskOptions):
@@ -66,6 +66,9 @@ class SftTask(Task):
 
     def logits_and_targets(self, model, inputs):
         return target_logits(model, inputs)
+
+    def loss(self, model, inputs):
+        return target_loss(model, inputs)
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):
