@@ -14,10 +14,13 @@ from lmtune.training.run import train
 from conftest import ALPACA, FAST
 
 
+EAGER = ["model.attn_implementation=eager"]  # auto leaves runs on lmtune's chunked attention eager
+
+
 def run_steps(tmp_path, tiny_llama, steps: int):
     out = tmp_path / "run"
     cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={out}", *ALPACA, *FAST, f"train.max_steps={steps}",
-                             "train.zero_shot_eval=false", "train.logging_steps=100"])
+                             "train.zero_shot_eval=false", "train.logging_steps=100", *EAGER])
     result = train(cfg, reporters=[])
     decisions = [e for e in map(json.loads, (out / "events.jsonl").read_text().splitlines()) if e["event"] == "auto_compile"]
     compiled = [b._compiled_call_impl is not None for b in result.model.get_base_model().model.layers]
@@ -42,11 +45,13 @@ def test_a_run_that_wins_the_cost_back_compiles_part_way(tmp_path, tiny_llama, m
 
 def test_auto_only_where_it_was_measured():
     cpu = torch.device("cpu")
-    assert auto_compile.why_not_auto(load_config(None, []), cpu, 1) is None
+    assert auto_compile.why_not_auto(load_config(None, EAGER), cpu, 1) is None
     assert load_config(None, []).train.compile == "auto"
-    refused = {"measured on CPUs only": ([], torch.device("meta"), 1), "one process only": ([], cpu, 2),
+    refused = {"measured on CPUs only": (EAGER, torch.device("meta"), 1), "one process only": (EAGER, cpu, 2),
                "plain LoRA only": (["method.name=full"], cpu, 1), "not with gradient checkpointing":
-               (["train.gradient_checkpointing=true"], cpu, 1), "not with packing": (["data.packing=true"], cpu, 1)}
+               (["train.gradient_checkpointing=true", *EAGER], cpu, 1),
+               "not with packing": (["data.packing=true", *EAGER], cpu, 1),
+               "not with lmtune's chunked attention (model.attn_implementation unset)": ([], cpu, 1)}
     for why, (overrides, device, world) in refused.items():
         assert auto_compile.why_not_auto(load_config(None, overrides), device, world) == why
     assert auto_compile.why_not_auto(load_config(None, ["method.name=dora"]), cpu, 1) == "plain LoRA only"

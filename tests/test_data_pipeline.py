@@ -298,7 +298,7 @@ def test_packing_trains(tmp_path, tiny_gpt2):
                              f"output.dir={tmp_path / 'run'}"])
     result = train(cfg)
     assert result.metrics["train"]["steps"] == 3 and result.metrics["final"]["loss"] > 0
-    assert result.model.config._attn_implementation == "lmtune_packed_sdpa"
+    assert result.model.config._attn_implementation == "lmtune_chunked"  # packs by example, the rest chunked
 
 
 def test_data_command_shows_the_label_of_a_head_task(tmp_path, tiny_llama, capsys):

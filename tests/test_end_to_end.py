@@ -171,5 +171,5 @@ def test_compiled_blocks_train_to_the_same_adapter_as_eager(tmp_path, tiny_llama
     (eager, eager_weights), (compiled, compiled_weights) = runs[False], runs[True]
     assert eager_weights.keys() == compiled_weights.keys()  # in-place compile keeps the parameter names
     for name in eager_weights:
-        torch.testing.assert_close(compiled_weights[name], eager_weights[name], atol=1e-4, rtol=1e-3, msg=name)
+        torch.testing.assert_close(compiled_weights[name], eager_weights[name], atol=1e-4, rtol=1e-3, msg=lambda m: name + m)
     assert compiled["final"]["loss"] == pytest.approx(eager["final"]["loss"], rel=1e-4)

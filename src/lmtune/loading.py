@@ -18,6 +18,7 @@ from lmtune.data.templates import Renderer
 from lmtune.errors import ConfigError
 from lmtune.methods import METHODS
 from lmtune.model.load import CAUSAL_LM, load_model, load_model_and_tokenizer, load_tokenizer, resolve_model_path
+from lmtune.model.chunked_attention import use_chunked_attention
 from lmtune.model.packed_attention import use_packed_attention
 from lmtune.model.precision import resolve_precision, weights_dtype
 from lmtune.run_dir import RunDir, tensor_names
@@ -58,7 +59,10 @@ def load_for_training(cfg: Config, precision: Optional[str] = None) -> Loaded:
     dtype = weights_dtype(cfg.model.dtype, precision, method.freezes_base)
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, quantization_config=quantization(cfg, precision),
                                                 spec=TASKS.get(cfg.task.name).spec(cfg))
-    if cfg.data.packing:
+    if cfg.model.attn_implementation is None:
+        # on a CPU, attention as 16-bit products a few heads at a time; packs example by example
+        use_chunked_attention(model)
+    elif cfg.data.packing:
         use_packed_attention(model)  # each example of a pack attends alone, not as one long row
     return Loaded(cfg, model, tokenizer, make_task(cfg, tokenizer), precision)
 

@@ -23,7 +23,7 @@ class ModelConfig(Section):
         "auto", description="dtype of the loaded weights; auto: bf16 for frozen bases under bf16, else fp32"
     )
     attn_implementation: Optional[Literal["eager", "sdpa", "flash_attention_2"]] = Field(
-        None, description="attention kernel (default: transformers' choice); eager is faster on a CPU for short rows"
+        None, description="attention kernel; default: lmtune's chunked attention on a CPU where it applies, else transformers' choice"
     )
     trust_remote_code: bool = False
     keep_layers: Optional[int] = Field(None, gt=0, description="keep only the first N transformer blocks (a smaller student for distillation)")

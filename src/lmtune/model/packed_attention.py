@@ -22,6 +22,13 @@ def packed_sdpa(module, query, key, value, attention_mask, position_ids=None, **
     starts = pack_starts(position_ids, query, key)
     if starts is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return attend_by_example(module, query, key, value, starts, **kwargs)
+
+
+def attend_by_example(module, query, key, value, starts: list[int], **kwargs):
+    """sdpa, causally, on each example of a packed row that starts at `starts`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     sizes = [end - start for start, end in zip(starts, [*starts[1:], query.shape[2]])]
     # split, not slices: its backward is one concatenation, not a zero-filled gradient per slice
     pieces = [sdpa_attention_forward(module, q, k, v, None, **{**kwargs, "is_causal": True})[0]

@@ -35,7 +35,9 @@ def why_not_auto(cfg, device: torch.device, world_size: int) -> Optional[str]:
     m, t = cfg.method, cfg.train
     reasons = [(device.type != "cpu", "measured on CPUs only"), (world_size > 1, "one process only"),
                (m.name != "lora", "plain LoRA only"),
-               (t.gradient_checkpointing, "not with gradient checkpointing"), (cfg.data.packing, "not with packing")]
+               (t.gradient_checkpointing, "not with gradient checkpointing"), (cfg.data.packing, "not with packing"),
+               # compiled blocks attend with sdpa, slower here than the chunked attention they would replace
+               (cfg.model.attn_implementation is None, "not with lmtune's chunked attention (model.attn_implementation unset)")]
     return next((why for bad, why in reasons if bad), None)
 
 
