@@ -44,6 +44,8 @@ LEVERS = {
                     ("classification", "sft", "seed")),
     "sdpa": ("eager attention (the classification config's choice): sdpa", ["model.attn_implementation=sdpa"],
              ("classification", "seed")),
+    "chunked_attention": ("eager attention (the classification config's choice): lmtune's chunked attention",
+                          ["model.attn_implementation=null"], ("classification", "seed")),
     "checkpointing": ("no gradient checkpointing: checkpointing on", ["train.gradient_checkpointing=true"],
                       ("classification", "sft")),
     "packed": ("length grouping: packed (padding-free) rows instead", ["data.packing=true"], ("sft",)),

@@ -77,6 +77,21 @@ def test_a_model_switched_to_it_trains_as_with_eager_attention():
         torch.testing.assert_close(results[1][1][name], grad, msg=name)
 
 
+def test_under_autocast_as_full_fine_tuning_runs():
+    """fp32 weights under bf16 autocast (q, k, v in mixed dtypes): eager attention's result, to bf16."""
+    ids = torch.randint(1, 50, (2, 9))
+    results = []
+    for switch in (lambda m: m.set_attn_implementation("eager"), use_chunked_attention):
+        model = tiny_llama()
+        switch(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        results.append((logits.float().detach(), model.model.layers[0].self_attn.q_proj.weight.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=0.05, rtol=0.1)
+
+
 def test_falls_back_to_sdpa_where_it_does_not_apply(monkeypatch):
     """Generation with a cache (one query over many keys) goes to sdpa and still generates."""
     model = tiny_llama()

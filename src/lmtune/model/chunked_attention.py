@@ -38,7 +38,11 @@ def chunked_or_sdpa(module, query, key, value, attention_mask, position_ids=None
     if torch.compiler.is_compiling() or not applies(module, query, key, attention_mask, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     drop = None if attention_mask is None else attention_mask[:, 0].logical_not()
-    out = ChunkedAttention.apply(query, key, value, drop, float(kwargs["scaling"]))
+    # Under autocast (full fine-tuning: fp32 weights) q, k and v arrive in mixed dtypes; sdpa would
+    # run in autocast's dtype, so this does too, with autocast off inside (out= buffers keep their dtype).
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    with torch.autocast("cpu", enabled=False):
+        out = ChunkedAttention.apply(query.to(dtype), key.to(dtype), value.to(dtype), drop, float(kwargs["scaling"]))
     return out.transpose(1, 2), None
 
 
@@ -129,7 +133,9 @@ class ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         query, key, value, drop, out = ctx.saved_tensors
-        return (*attention_backward(grad.contiguous(), query, key, value, drop, out, ctx.scale), None, None)
+        with torch.autocast("cpu", enabled=False):  # a backward called under autocast
+            grads = attention_backward(grad.contiguous().to(out.dtype), query, key, value, drop, out, ctx.scale)
+        return (*grads, None, None)
 
 
 def use_chunked_attention(model) -> bool:

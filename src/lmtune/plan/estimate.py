@@ -16,7 +16,10 @@ GB = 1024**3
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 # Activation bytes kept for the backward pass, per token and per transformer block, are each
 # method's PlanFacts (methods/*.py), in units of (4 x hidden + intermediate), fitted by bench/planner.py.
-LOGIT_BYTES = 5.3  # per target position and vocabulary entry (fp32 logits, softmax and gradient, partly freed)
+# Per target position and vocabulary entry: the 16-bit logits the loss keeps and their 16-bit gradient
+# (tasks/token_cross_entropy.py upcasts a few rows at a time). It was 5.3, fitted, while the loss
+# made fp32 copies; 4 is the two 16-bit buffers, checked on the held-out grid (docs/planner.md).
+LOGIT_BYTES = 4.0
 # What a training process holds besides the model (Python, torch, transformers, the data): CPU RSS.
 PROCESS_OVERHEAD = {"cpu": 0.6 * GB, "cuda": 0.5 * GB}
 

@@ -100,11 +100,23 @@ def _model(config, cfg, dtype: torch.dtype, tokenizer, blocks_only: bool):
         model = _quantized(config, cfg, dtype)
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device())
+    attend_as_trained(model, cfg.model.attn_implementation)
     if method.plan.trains_base or (blocks_only and method.plan.adapts_blocks):
         model = apply_method(cfg.method, model, tokenizer)  # as `lmtune train` applies it
     else:  # frozen: prompt methods and freeze in the blocks, the adapters' embeddings and head
         model.requires_grad_(False)
     return model.train()
+
+
+def attend_as_trained(model, attention) -> None:
+    """The attention `lmtune train` will use: eager when asked for, lmtune's chunked attention when
+    unset (load_for_training); sdpa and flash-attention as transformers loaded them."""
+    from lmtune.model.chunked_attention import use_chunked_attention
+
+    if attention == "eager":
+        model.set_attn_implementation("eager")
+    elif attention is None:
+        use_chunked_attention(model)
 
 
 def _quantized(config, cfg, dtype: torch.dtype):
@@ -126,11 +138,10 @@ def _quantized(config, cfg, dtype: torch.dtype):
 
 def _step_seconds(model, batch: Batch, length: int, precision: str, seconds: float) -> tuple[float, float]:
     """Forward and backward of one micro-batch with the run's loss (cross-entropy at the target
-    positions, in fp32). The input embeddings carry a gradient, as the output of the blocks below
+    positions, upcast a few rows at a time as training does). The input embeddings carry a gradient, as the output of the blocks below
     would: otherwise the lowest block would skip its input gradients, which every other block computes."""
-    import torch.nn.functional as F
-
     from lmtune.model.precision import autocast
+    from lmtune.tasks.token_cross_entropy import token_cross_entropy
 
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
@@ -146,7 +157,7 @@ def _step_seconds(model, batch: Batch, length: int, precision: str, seconds: flo
             if not hidden.requires_grad:
                 hidden = hidden + torch.zeros((), dtype=hidden.dtype, device=hidden.device, requires_grad=True)
             logits = model(inputs_embeds=hidden, use_cache=False, logits_to_keep=keep).logits
-        F.cross_entropy(logits.float().reshape(-1, vocab), targets).backward()
+        token_cross_entropy(logits.reshape(-1, vocab), targets).mean().backward()
         model.zero_grad(set_to_none=True)
 
     return _timed(step, seconds)
