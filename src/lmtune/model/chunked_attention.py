@@ -1,13 +1,13 @@
 """Attention on a CPU as 16-bit batched products, a few heads at a time, with its backward written out.
 
 On this CPU torch's sdpa runs its flash kernel for bf16, at about a third of the matrix-multiply
-rate: in an SFT step at 8 x ~200 tokens it took 28% of the time, its backward 15 ms a block.
+rate: in an SFT step at 8 x ~200 tokens it took a quarter of the time, its backward 15 ms a block.
 transformers' eager attention is faster at short rows but keeps the L x L probabilities in fp32 and
 in bf16 for the backward pass (113 MB a block at 8 x 512) and slows down past ~250 tokens as its
 fp32 buffers outgrow the cache. Here the scores and the probabilities are formed for a few heads at
 a time (about CHUNK_BYTES of fp32), grouped-query heads share their key and value without copies,
 only q, k, v, the output and the mask are kept, and the backward pass forms the probabilities again:
-1.5-6x faster than sdpa, forward and backward, from 8 x 32 to 8 x 512 tokens (docs/benchmarks.md).
+1.4-4.6x faster than sdpa, forward and backward, from 8 x 32 to 8 x 512 tokens (docs/benchmarks.md).
 The arithmetic is eager attention's (bf16 products, softmax in fp32), so the outputs are eager
 attention's, and the mask is transformers' sdpa mask (True: attend).
 

@@ -138,8 +138,9 @@ def _quantized(config, cfg, dtype: torch.dtype):
 
 def _step_seconds(model, batch: Batch, length: int, precision: str, seconds: float) -> tuple[float, float]:
     """Forward and backward of one micro-batch with the run's loss (cross-entropy at the target
-    positions, upcast a few rows at a time as training does). The input embeddings carry a gradient, as the output of the blocks below
-    would: otherwise the lowest block would skip its input gradients, which every other block computes."""
+    positions, upcast a few rows at a time as training does). The input embeddings carry a
+    gradient, as the output of the blocks below would: otherwise the lowest block would skip its
+    input gradients, which every other block computes."""
     from lmtune.model.precision import autocast
     from lmtune.tasks.token_cross_entropy import token_cross_entropy
 

@@ -6,7 +6,7 @@ gradient and a 16-bit copy of that: for the 850 target rows of a GSM8K batch, fi
 84-167 MB, whose first touch (page faults) costs more than the arithmetic. Here the forward pass
 keeps one fp32 number a row, the log-sum-exp, beside the logits it already has, and the backward
 pass writes softmax - one_hot straight into a gradient in the logits' dtype, through CHUNK_BYTES of
-fp32 at a time: the same values to fp32 rounding, in about a third of the time (docs/benchmarks.md).
+fp32 at a time: the same values to fp32 rounding, in 0.4 of the time (docs/benchmarks.md).
 """
 
 from __future__ import annotations
