@@ -33,7 +33,7 @@ def variants(keep):
     return {
         "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
         "eager": lambda q, k, v: eager(q, k, v, keep),
-        "chunked": lambda q, k, v: ChunkedAttention.apply(q, k, v, None, DIM ** -0.5),
+        "chunked": lambda q, k, v: ChunkedAttention.apply(q, k, v, ~keep[None], DIM ** -0.5),
     }
 
 

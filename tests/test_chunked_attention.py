@@ -42,7 +42,7 @@ def test_matches_eager_attention(chunk_bytes, masked, monkeypatch):
     q, k, v, keep = inputs()
     if not masked:
         keep = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
-    drop = (~keep[:, 0]) if masked else None
+    drop = ~keep[:, 0]  # per batch row, or one causal mask for all
     mine = gradients(lambda *t: ChunkedAttention.apply(*t, drop, 0.5), q, k, v)
     theirs = gradients(lambda *t: eager(*t, keep, 0.5), q, k, v)
     for a, b in zip(mine, theirs):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from lmtune.model.packed_attention import attend_by_example, pack_starts
+from lmtune.model.packed_attention import attend_by_example, pack_starts, switch_sdpa
 
 NAME = "lmtune_chunked"
 CHUNK_BYTES = 4 << 20  # fp32 scores of the heads done at once: what stays in this CPU's cache
@@ -37,7 +37,11 @@ def chunked_or_sdpa(module, query, key, value, attention_mask, position_ids=None
     # blocks' LoRA operators, so their dropout masks came out in another order than eager's.
     if torch.compiler.is_compiling() or not applies(module, query, key, attention_mask, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    drop = None if attention_mask is None else attention_mask[:, 0].logical_not()
+    if attention_mask is None:  # causal, built once for every chunk and the backward pass
+        length = query.shape[2]
+        drop = torch.ones(1, length, length, dtype=torch.bool).triu_(1)
+    else:
+        drop = attention_mask[:, 0].logical_not()
     # Under autocast (full fine-tuning: fp32 weights) q, k and v arrive in mixed dtypes; sdpa would
     # run in autocast's dtype, so this does too, with autocast off inside (out= buffers keep their dtype).
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
@@ -60,11 +64,9 @@ def rows_per_chunk(groups: int, length: int) -> int:
     return max(1, CHUNK_BYTES // (4 * groups * length * length))
 
 
-def chunk_mask(drop, rows: slice, kv_heads: int, length: int):
-    """The positions not attended to for rows `rows` of the (batch x kv head) dimension: the
-    sdpa mask's (one per batch row, or one for all), or the causal pattern."""
-    if drop is None:
-        return torch.ones(length, length, dtype=torch.bool, device="cpu").triu_(1)[None, None]
+def chunk_mask(drop, rows: slice, kv_heads: int):
+    """The positions not attended to for rows `rows` of the (batch x kv head) dimension: drop has
+    one L x L mask per batch row, or one for all."""
     if drop.shape[0] == 1:
         return drop[:, None]
     index = torch.arange(rows.start, min(rows.stop, drop.shape[0] * kv_heads)) // kv_heads
@@ -98,7 +100,7 @@ def attention_forward(query, key, value, drop, scale: float):
     step = rows_per_chunk(query.shape[1] // kv, length)
     for start in range(0, q.shape[0], step):
         rows = slice(start, start + step)
-        probs = probabilities(q[rows], k[rows], chunk_mask(drop, rows, kv, length), scale)
+        probs = probabilities(q[rows], k[rows], chunk_mask(drop, rows, kv), scale)
         torch.bmm(probs.to(q.dtype), v[rows], out=out[rows])
     return out.view(query.shape)
 
@@ -110,7 +112,7 @@ def attention_backward(grad, query, key, value, drop, out, scale: float):
     step = rows_per_chunk(query.shape[1] // kv, length)
     for start in range(0, q.shape[0], step):
         rows = slice(start, start + step)
-        probs = probabilities(q[rows], k[rows], chunk_mask(drop, rows, kv, length), scale)
+        probs = probabilities(q[rows], k[rows], chunk_mask(drop, rows, kv), scale)
         torch.bmm(probs.to(g.dtype).transpose(1, 2), g[rows], out=dv[rows])
         # softmax's backward: p * (dp - sum(dp * p)), with sum(dp * p) = sum(grad * out) row by row
         row_dot = (g[rows].to(probs.dtype) * o[rows]).sum(-1, keepdim=True)
@@ -140,12 +142,4 @@ class ChunkedAttention(torch.autograd.Function):
 
 def use_chunked_attention(model) -> bool:
     """Switch a model that attends with sdpa to chunked_or_sdpa; models on other attention keep it."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
-    AttentionInterface.register(NAME, chunked_or_sdpa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
-    model.set_attn_implementation(NAME)
-    return True
+    return switch_sdpa(model, NAME, chunked_or_sdpa)

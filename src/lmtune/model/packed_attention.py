@@ -49,12 +49,18 @@ def pack_starts(position_ids, query, key) -> list[int] | None:
 
 def use_packed_attention(model) -> bool:
     """Switch a model that attends with sdpa to packed_sdpa; models on other attention keep it."""
+    return switch_sdpa(model, NAME, packed_sdpa)
+
+
+def switch_sdpa(model, name: str, attention) -> bool:
+    """Register `attention` under `name`, with sdpa's masks (for what is not a pack), and switch a
+    model that attends with sdpa to it; models on other attention keep theirs."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
-    AttentionInterface.register(NAME, packed_sdpa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # masks for what is not a pack
-    model.set_attn_implementation(NAME)
+    AttentionInterface.register(name, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
     return True
