@@ -5,10 +5,11 @@
 The run is `lmtune train` on bench/vs_reference.py's workload and settings (SmolLM2, LoRA r=8 /
 alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down, the same rows, batch and learning rate), cut to
 --steps optimizer steps, each variant in its own process (so that peak RSS is its own); a lever named
-twice runs twice, so `--levers defaults,x,defaults,x` alternates them. Four levers have no setting
+twice runs twice, so `--levers defaults,x,defaults,x` alternates them. Five levers have no setting
 because nobody should turn them off; this script turns them off in its own process: `full_logits`
 runs the LM head over the whole vocabulary at every position and upcasts those logits to fp32 (what
 the model's own loss does), `torch_dropout` keeps peft's nn.Dropout instead of FastDropout,
+`torch_masks` draws FastDropout's and the fused LoRA layers' masks with torch's generator,
 `peft_lora` keeps peft's LoRA forward, `plain_block` keeps transformers' RMSNorm and MLP forward.
 The table reports seconds per step, real (non-padding) tokens/s, peak RSS and each variant's speed
 relative to the defaults. torch.compile and thread counts have their own scripts (bench/compile.py,
@@ -39,6 +40,8 @@ LEVERS = {
     "full_logits": ("logits at target positions only: fp32 logits over the vocabulary at every position", [],
                     ("classification", "sft", "seed")),
     "torch_dropout": ("FastDropout: peft's nn.Dropout", [], ("classification", "sft", "seed")),
+    "torch_masks": ("dropout masks from numpy's SFC64: from torch's generator (mt19937)", [],
+                    ("classification", "sft", "seed")),
     "peft_lora": ("LoRA as one bf16 autograd node per layer: peft's LoRA forward", [], ("classification", "sft", "seed")),
     "plain_block": ("RMSNorm and SiLU(gate) * up as one node each (model/lean_block.py): transformers' modules", [],
                     ("classification", "sft", "seed")),
@@ -64,9 +67,20 @@ def full_vocabulary_logits(model, inputs):
     return logits[keep], next_labels[keep]
 
 
+def torch_keep_mask(shape, keep, device="cpu"):
+    """FastDropout's mask as it was drawn before SFC64: four 16-bit lanes of each torch int64 draw."""
+    import torch
+
+    count = shape.numel()
+    bits = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    return bits.view(torch.int16)[:count].view(shape) < round(keep * 65536) - 32768
+
+
 def one(lever: str, argv: list[str]) -> None:
     """Run lmtune in this process with one lever turned off."""
     sys.path.insert(0, str(ROOT / "src"))
+    import lmtune.methods.fast_dropout
+    import lmtune.methods.fused_lora
     import lmtune.methods.peft_common
     import lmtune.tasks.label_tokens
     import lmtune.tasks.sft
@@ -77,6 +91,8 @@ def one(lever: str, argv: list[str]) -> None:
         lmtune.tasks.label_tokens.target_logits = lmtune.tasks.sft.target_logits = full_vocabulary_logits
     elif lever == "torch_dropout":
         lmtune.methods.peft_common.use_fast_dropout = lambda model: 0
+    elif lever == "torch_masks":
+        lmtune.methods.fast_dropout.random_keep_mask = lmtune.methods.fused_lora.random_keep_mask = torch_keep_mask
     elif lever == "peft_lora":
         lmtune.methods.peft_common.fused_lora = lambda model: 0
     elif lever == "plain_block":

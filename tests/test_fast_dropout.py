@@ -21,6 +21,14 @@ def test_keep_mask_is_bernoulli_per_element():
     assert not torch.equal(keep, again)
     torch.manual_seed(0)
     assert torch.equal(keep, random_keep_mask(torch.Size([1000, 1000]), 0.9).float())  # seeded by torch's RNG
+    # Each mask from a generator of its own, seeded from torch's: the next mask is independent.
+    after = random_keep_mask(torch.Size([1000, 1000]), 0.9).float()
+    assert abs((keep * after).mean().item() - 0.81) < 0.005
+
+
+def test_keep_mask_off_the_cpu_is_drawn_on_the_device():
+    mask = random_keep_mask(torch.Size([3, 4]), 0.9, torch.device("meta"))
+    assert mask.device.type == "meta" and mask.dtype == torch.bool and mask.shape == (3, 4)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])

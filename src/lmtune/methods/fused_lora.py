@@ -38,7 +38,7 @@ def lora_forward(x2, weight, bias, lora_a, lora_b, scaling: float, p: float, com
     x2 = x2.to(compute_dtype)
     w = weight.to(compute_dtype)
     a, b = lora_weights(lora_a, lora_b, p, compute_dtype)
-    mask = random_keep_mask(x2.shape, 1.0 - p) if p > 0 else None
+    mask = random_keep_mask(x2.shape, 1.0 - p, x2.device) if p > 0 else None
     h = dropped(x2, mask) @ a.t()
     y = torch.addmm(bias.to(compute_dtype), x2, w.t()) if bias is not None else x2 @ w.t()
     y.addmm_(h, b.t(), alpha=scaling)
