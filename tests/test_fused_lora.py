@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import lmtune.methods.peft_common as peft_common
 from lmtune.config import load_config
-from lmtune.methods.fused_lora import FusedLoraLinear, use_fused_lora
+from lmtune.methods.fused_lora import FusedLoraLinear, LoraLinear, use_fused_lora
 from lmtune.training.run import train
 
 from conftest import SENTIMENT
@@ -70,6 +70,21 @@ def test_the_operator_torch_compile_calls_computes_what_the_eager_node_computes(
     torch.testing.assert_close(y_op, y_node, rtol=0, atol=0)
     for op, node in zip(g_op, g_node):
         torch.testing.assert_close(op, node, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_layer_off_the_cpu_keeps_every_tensor_on_its_device(dropout):
+    """No GPU here: the meta device stands in for one. Everything the layer's node makes, its
+    dropout mask among them, must be on the input's device (a mask drawn on the CPU met a CUDA input
+    before)."""
+    def meta(*shape, grad=False):
+        return torch.randn(*shape, device="meta", requires_grad=grad)
+
+    x, lora_a, lora_b = meta(3, 5, 48, grad=True), meta(4, 48, grad=True), meta(40, 4, grad=True)
+    y = LoraLinear.apply(x, meta(40, 48), meta(40), lora_a, lora_b, 2.0, dropout, torch.bfloat16)
+    y.float().sum().backward()
+    assert y.device.type == "meta" and y.shape == (3, 5, 40)
+    assert all(t.grad.device.type == "meta" for t in (x, lora_a, lora_b))
 
 
 def test_layers_that_share_an_input_keep_one_copy_of_it():
