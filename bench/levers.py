@@ -67,15 +67,6 @@ def full_vocabulary_logits(model, inputs):
     return logits[keep], next_labels[keep]
 
 
-def torch_keep_mask(shape, keep, device="cpu"):
-    """FastDropout's mask as it was drawn before SFC64: four 16-bit lanes of each torch int64 draw."""
-    import torch
-
-    count = shape.numel()
-    bits = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    return bits.view(torch.int16)[:count].view(shape) < round(keep * 65536) - 32768
-
-
 def one(lever: str, argv: list[str]) -> None:
     """Run lmtune in this process with one lever turned off."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -92,6 +83,8 @@ def one(lever: str, argv: list[str]) -> None:
     elif lever == "torch_dropout":
         lmtune.methods.peft_common.use_fast_dropout = lambda model: 0
     elif lever == "torch_masks":
+        from dropout_masks import torch_keep_mask
+
         lmtune.methods.fast_dropout.random_keep_mask = lmtune.methods.fused_lora.random_keep_mask = torch_keep_mask
     elif lever == "peft_lora":
         lmtune.methods.peft_common.fused_lora = lambda model: 0
