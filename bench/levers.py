@@ -1,6 +1,6 @@
 """What each of lmtune's speed levers gives: lmtune's defaults, then each lever turned off alone.
 
-    .venv/bin/python bench/levers.py [--workload classification|sft] [--steps 30] [--levers name,name]
+    .venv/bin/python bench/levers.py [--workload classification|sft] [--steps 30] [--levers name,name] [key=value ...]
 
 The run is `lmtune train` on bench/vs_reference.py's workload and settings (SmolLM2, LoRA r=8 /
 alpha=32 / dropout 0.1 on q,k,v,o,gate,up,down, the same rows, batch and learning rate), cut to
@@ -10,7 +10,10 @@ because nobody should turn them off; this script turns them off in its own proce
 runs the LM head over the whole vocabulary at every position and upcasts those logits to fp32 (what
 the model's own loss does), `torch_dropout` keeps peft's nn.Dropout instead of FastDropout,
 `torch_masks` draws FastDropout's and the fused LoRA layers' masks with torch's generator,
-`peft_lora` keeps peft's LoRA forward, `plain_block` keeps transformers' RMSNorm and MLP forward.
+`peft_lora` keeps peft's LoRA forward, `plain_block` keeps transformers' RMSNorm and MLP forward,
+`prompt_per_row` computes a batch's common prompt in every row (the workloads' LoRA dropout already
+turns that lever off: pass method.dropout=0 to measure it). Overrides after the options (key=value)
+go to every variant.
 The table reports seconds per step, real (non-padding) tokens/s, peak RSS and each variant's speed
 relative to the defaults. torch.compile and thread counts have their own scripts (bench/compile.py,
 bench/threads.py).
@@ -45,6 +48,8 @@ LEVERS = {
     "peft_lora": ("LoRA as one bf16 autograd node per layer: peft's LoRA forward", [], ("classification", "sft", "seed")),
     "plain_block": ("RMSNorm and SiLU(gate) * up as one node each (model/lean_block.py): transformers' modules", [],
                     ("classification", "sft", "seed")),
+    "prompt_per_row": ("a batch's common prompt computed once (tasks/prompt_once.py; off with dropout): once per row", [],
+                       ("classification", "sft", "seed")),
     "sdpa": ("eager attention (the classification config's choice): sdpa", ["model.attn_implementation=sdpa"],
              ("classification", "seed")),
     "chunked_attention": ("eager attention (the classification config's choice): lmtune's chunked attention",
@@ -74,6 +79,7 @@ def one(lever: str, argv: list[str]) -> None:
     import lmtune.methods.fused_lora
     import lmtune.methods.peft_common
     import lmtune.tasks.label_tokens
+    import lmtune.tasks.prompt_once
     import lmtune.tasks.sft
     import lmtune.training.prepare
     from lmtune.cli import main
@@ -90,6 +96,8 @@ def one(lever: str, argv: list[str]) -> None:
         lmtune.methods.peft_common.fused_lora = lambda model: 0
     elif lever == "plain_block":
         lmtune.training.prepare.use_lean_block = lambda model: 0
+    elif lever == "prompt_per_row":
+        lmtune.tasks.prompt_once.MIN_SAVED_TOKENS = 10**9
     sys.exit(main(argv))
 
 
@@ -115,7 +123,7 @@ def main() -> None:
                 continue
             out = Path(tmp) / f"{i}-{lever}"
             command = [sys.executable, __file__, "--one", lever, *lmtune_train_args(w, rows, out, args.seed),
-                       f"train.max_steps={args.steps}", *overrides]
+                       f"train.max_steps={args.steps}", *overrides, *rest]
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"| {what} | failed: {done.stderr.strip().splitlines()[-1:]} | | | |", flush=True)

@@ -51,7 +51,9 @@ def test_auto_only_where_it_was_measured():
                "plain LoRA only": (["method.name=full"], cpu, 1), "not with gradient checkpointing":
                (["train.gradient_checkpointing=true", *EAGER], cpu, 1),
                "not with packing": (["data.packing=true", *EAGER], cpu, 1),
-               "not with lmtune's chunked attention (model.attn_implementation unset)": ([], cpu, 1)}
+               "not with lmtune's chunked attention (model.attn_implementation unset)": ([], cpu, 1),
+               "the batches' common prompt is computed once (tasks/prompt_once.py), which compiled blocks would stop":
+               (["method.dropout=0", *EAGER], cpu, 1)}
     for why, (overrides, device, world) in refused.items():
         assert auto_compile.why_not_auto(load_config(None, overrides), device, world) == why
     assert auto_compile.why_not_auto(load_config(None, ["method.name=dora"]), cpu, 1) == "plain LoRA only"

@@ -157,3 +157,23 @@ def test_plan_says_when_other_processes_took_the_cpus_while_it_timed():
     assert busy.others is not None and busy.others > 0.3 and busy.others > quiet.others
     assert "run lmtune plan again when the machine is quiet" in busy_warning(busy.others)
     assert busy_warning(0.05) is None and busy_warning(None) is None
+
+
+def test_the_plan_counts_a_batchs_common_prompt_once(tmp_path, tiny_llama):
+    """Without dropout the batches' common prompt is computed once (tasks/prompt_once.py): the plan
+    replays the batches and counts it once per batch; with LoRA dropout, once per row."""
+    from conftest import write_jsonl
+
+    from lmtune.model.load import load_tokenizer
+    from lmtune.plan.command import data_stats
+    from lmtune.tasks.prompt_once import MIN_SAVED_TOKENS
+
+    rows = [{"text": f"{i % 10} word", "label": "positive"} for i in range(64)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = [f"model.name={tiny_llama}", *SENTIMENT, f"data.train={path}", "data.validation=null", "train.batch_size=8",
+            "data.max_length=256", "data.system_prompt=" + "a long instruction " * 8]
+    tokenizer = load_tokenizer(str(tiny_llama), load_config(None, base).model)
+    per_row, once = (data_stats(load_config(None, [*base, f"method.dropout={p}"]), tokenizer) for p in (0.1, 0.0))
+    assert per_row["padded"] == per_row["mean"]  # rows of one length
+    saved = per_row["padded"] - once["padded"]  # each row of a batch of 8 is spared 7/8 of the prompt
+    assert 8 * saved >= MIN_SAVED_TOKENS and saved > 0.5 * per_row["mean"]

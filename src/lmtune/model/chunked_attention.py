@@ -11,9 +11,10 @@ only q, k, v, the output and the mask are kept, and the backward pass forms the 
 The arithmetic is eager attention's (bf16 products, softmax in fp32), so the outputs are eager
 attention's, and the mask is transformers' sdpa mask (True: attend).
 
-Used where it applies: a CPU, queries over their own keys (no cache), no attention dropout, a
-boolean mask or none (then causal), not inside torch.compile. Anything else goes to sdpa; a packed
-row goes example by example (model/packed_attention.py).
+Used where it applies: a CPU, queries over their own keys and any cached keys before them (a batch's
+prompt computed once: tasks/prompt_once.py; a generated token's single query goes to sdpa), no
+attention dropout, a boolean mask or none (then causal), not inside torch.compile. Anything else
+goes to sdpa; a packed row goes example by example (model/packed_attention.py).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def chunked_or_sdpa(module, query, key, value, attention_mask, position_ids=None
     # blocks' LoRA operators, so their dropout masks came out in another order than eager's.
     if torch.compiler.is_compiling() or not applies(module, query, key, attention_mask, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if attention_mask is None:  # causal, built once for every chunk and the backward pass
-        length = query.shape[2]
-        drop = torch.ones(1, length, length, dtype=torch.bool).triu_(1)
+    if attention_mask is None:  # causal, built once for every chunk and the backward pass; cached keys come first
+        queries, keys = query.shape[2], key.shape[2]
+        drop = torch.ones(1, queries, keys, dtype=torch.bool).triu_(1 + keys - queries)
     else:
         drop = attention_mask[:, 0].logical_not()
     # Under autocast (full fine-tuning: fp32 weights) q, k and v arrive in mixed dtypes; sdpa would
@@ -51,7 +52,9 @@ def chunked_or_sdpa(module, query, key, value, attention_mask, position_ids=None
 
 
 def applies(module, query, key, mask, kwargs) -> bool:
-    return (query.device.type == "cpu" and query.shape[2] == key.shape[2] and query.shape[1] % key.shape[1] == 0
+    queries, keys = query.shape[2], key.shape[2]
+    # One query after cached keys is a generated token: sdpa's single-row kernel serves it.
+    return (query.device.type == "cpu" and (queries == keys or 1 < queries < keys) and query.shape[1] % key.shape[1] == 0
             and not kwargs.get("dropout") and kwargs.get("scaling") is not None and kwargs.get("is_causal") is not False
             and getattr(module, "is_causal", True) and not kwargs.get("output_attentions")
             and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
@@ -60,13 +63,13 @@ def applies(module, query, key, mask, kwargs) -> bool:
                                   and mask.shape[-2:] == (query.shape[2], key.shape[2]))))
 
 
-def rows_per_chunk(groups: int, length: int) -> int:
-    return max(1, CHUNK_BYTES // (4 * groups * length * length))
+def rows_per_chunk(groups: int, queries: int, keys: int) -> int:
+    return max(1, CHUNK_BYTES // (4 * groups * queries * keys))
 
 
 def chunk_mask(drop, rows: slice, kv_heads: int):
     """The positions not attended to for rows `rows` of the (batch x kv head) dimension: drop has
-    one L x L mask per batch row, or one for all."""
+    one queries x keys mask per batch row, or one for all."""
     if drop.shape[0] == 1:
         return drop[:, None]
     index = torch.arange(rows.start, min(rows.stop, drop.shape[0] * kv_heads)) // kv_heads
@@ -74,11 +77,11 @@ def chunk_mask(drop, rows: slice, kv_heads: int):
 
 
 def probabilities(q, k, drop, scale: float):
-    """softmax(q k^T * scale) in fp32 (fp64 for fp64 inputs) for chunk rows q (n x groups*L x d) and
-    k (n x L x d)."""
-    n, length = k.shape[0], k.shape[1]
+    """softmax(q k^T * scale) in fp32 (fp64 for fp64 inputs) for chunk rows q (n x groups*queries x d)
+    and k (n x keys x d); drop is (n or 1, 1, queries, keys)."""
+    n, keys = k.shape[0], k.shape[1]
     scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # eager attention's products and scaling
-    scores.view(n, -1, length, length).masked_fill_(drop, torch.finfo(scores.dtype).min)
+    scores.view(n, -1, drop.shape[-2], keys).masked_fill_(drop, torch.finfo(scores.dtype).min)
     return torch.softmax(scores, -1, dtype=torch.promote_types(scores.dtype, torch.float32))
 
 
@@ -94,10 +97,10 @@ def kv_rows(t):
 
 
 def attention_forward(query, key, value, drop, scale: float):
-    kv, length = key.shape[1], key.shape[2]
+    kv = key.shape[1]
     q, k, v = query_rows(query, kv), kv_rows(key), kv_rows(value)
     out = torch.empty_like(q)
-    step = rows_per_chunk(query.shape[1] // kv, length)
+    step = rows_per_chunk(query.shape[1] // kv, query.shape[2], key.shape[2])
     for start in range(0, q.shape[0], step):
         rows = slice(start, start + step)
         probs = probabilities(q[rows], k[rows], chunk_mask(drop, rows, kv), scale)
@@ -106,10 +109,10 @@ def attention_forward(query, key, value, drop, scale: float):
 
 
 def attention_backward(grad, query, key, value, drop, out, scale: float):
-    kv, length = key.shape[1], key.shape[2]
+    kv = key.shape[1]
     q, k, v, g, o = query_rows(query, kv), kv_rows(key), kv_rows(value), query_rows(grad, kv), query_rows(out, kv)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    step = rows_per_chunk(query.shape[1] // kv, length)
+    step = rows_per_chunk(query.shape[1] // kv, query.shape[2], key.shape[2])
     for start in range(0, q.shape[0], step):
         rows = slice(start, start + step)
         probs = probabilities(q[rows], k[rows], chunk_mask(drop, rows, kv), scale)

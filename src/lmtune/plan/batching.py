@@ -6,12 +6,17 @@ computed at 295."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
-def padded_length(lengths: list[int], batch_size: int, grouped: bool, seed: int) -> float:
+def padded_length(lengths: list[int], batch_size: int, grouped: bool, seed: int,
+                  computed_once: Callable[[list[int]], int] | None = None) -> float:
     """Mean length that a row is computed at over one epoch: each batch's longest row, weighted by
-    the rows in the batch. Replays transformers' LengthGroupedSampler (or a random order)."""
+    the rows in the batch, less the common prompt that `computed_once` (rows' indices -> tokens)
+    says the batch computes once (tasks/prompt_once.py). Replays transformers' LengthGroupedSampler
+    (or a random order)."""
     if not lengths:
         return 0.0
     from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -22,4 +27,5 @@ def padded_length(lengths: list[int], batch_size: int, grouped: bool, seed: int)
     else:
         order = torch.randperm(len(lengths), generator=generator).tolist()
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return sum(len(b) * max(lengths[i] for i in b) for b in batches) / len(lengths)
+    once = computed_once or (lambda batch: 0)
+    return sum(len(b) * max(lengths[i] for i in b) - (len(b) - 1) * once(b) for b in batches) / len(lengths)

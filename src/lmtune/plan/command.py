@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from lmtune.config import Config, validate_config
 from lmtune.methods import METHODS
-from lmtune.tasks import TASKS
+from lmtune.tasks import TASKS, prompt_once
 from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
 from lmtune.plan.shape import ModelShape, model_shape, trainable_params
 from lmtune.plan.throughput import Rate, adamw_seconds_per_param
@@ -137,7 +137,7 @@ def suggestions(plan: Plan, cfg: Config, shape: ModelShape, batch: Batch, availa
     return tips or ["nothing short of a larger machine: the weights alone do not fit"]
 
 
-def data_stats(cfg: Config, tokenizer) -> dict | None:
+def data_stats(cfg: Config, tokenizer, model_config=None, device_type: str = "cpu") -> dict | None:
     """Rows, longest and mean row, and targets per row of the training data, through the real
     pipeline (cached like a training run's); None without training data."""
     if not (cfg.data.train or cfg.data.mix) or cfg.data.streaming:
@@ -166,8 +166,12 @@ def data_stats(cfg: Config, tokenizer) -> dict | None:
         sequences = sequences[:1]
     lengths = [max(row) for row in zip(*per_sequence)]
     mean = sum(map(sum, per_sequence)) / (len(sequences) * max(info.rows, 1))
+    once = None
+    if prompt_once.expected(cfg, device_type, model_config) and sequences == [("input_ids", "labels")]:
+        ids, labels = ds["input_ids"], ds["labels"]
+        once = lambda batch: prompt_once.computed_once([(ids[i], labels[i]) for i in batch])  # noqa: E731
     computed = mean if cfg.data.packing else padded_length(  # packing concatenates a batch: no padding
-        lengths, cfg.train.batch_size, cfg.train.group_by_length, cfg.train.seed)
+        lengths, cfg.train.batch_size, cfg.train.group_by_length, cfg.train.seed, once)
     return {"rows": info.rows, "tokens": info.tokens, "max": max(lengths), "mean": round(mean, 1),
             "padded": computed, "targets": targets / max(info.rows, 1)}
 
@@ -201,7 +205,7 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
         tokenizer = tokenizer or load_tokenizer(path, cfg.model)
     device = hardware.device().type
     precision = resolve_precision(cfg.train.precision)
-    stats = data_stats(cfg, tokenizer) if tokenizer is not None else None
+    stats = data_stats(cfg, tokenizer, config, device) if tokenizer is not None else None
     batch = batch_of(cfg, stats)
     shape = model_shape(config)
     rate = None

@@ -16,6 +16,7 @@ from lmtune.methods import AddedModules, virtual_tokens_in_sequence
 from lmtune.model.load import CAUSAL_LM, ModelSpec
 from lmtune.registry import Registry
 from lmtune.sections import Section
+from lmtune.tasks.prompt_once import predicting_targets, prompt_once_length, prompt_once_logits
 from lmtune.tasks.token_cross_entropy import token_cross_entropy
 
 if TYPE_CHECKING:
@@ -49,14 +50,16 @@ def target_logits(model, inputs: dict[str, torch.Tensor], virtual_tokens: int | 
     """
     labels = inputs["labels"]
     next_labels = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = next_labels != IGNORE
+    keep = predicting_targets(labels)
     virtual = virtual_tokens_in_sequence(model) if virtual_tokens is None else virtual_tokens
     if virtual:  # prompt tuning / P-tuning put virtual tokens before each row
         keep = torch.cat([keep.new_zeros(keep.shape[0], virtual), keep], dim=1)
     kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
-    # use_cache=False: without a cache the model reads packed rows from position_ids.
-    logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
+    shared = prompt_once_length(model, kwargs, keep)
+    if shared:
+        logits = prompt_once_logits(model, kwargs, keep, shared)
+    else:  # use_cache=False: without a cache the model reads packed rows from position_ids.
+        logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
     logits = logits.reshape(-1, logits.shape[-1])
     return logits.float() if upcast else logits, next_labels[next_labels != IGNORE]
 
@@ -92,6 +95,7 @@ class Task:
     can_distill = False  # a teacher's outputs can be compared with the student's (distill section)
     head_modules: tuple[str, ...] = ()  # a new head the task puts on the model: always trained, never quantised
     uses_reference = False  # a reference model is run on every row (DPO): see needs_reference
+    prompt_once = False  # its loss goes through target_logits, which computes a batch's common prompt once where it may
 
     @classmethod
     def spec(cls, cfg: "Config") -> ModelSpec:

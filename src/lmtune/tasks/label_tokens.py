@@ -35,6 +35,7 @@ class LabelTokensTask(Task):
     metrics = {"accuracy": "max", "f1": "max", "loss": "min"}
     labels_name = "label"
     can_distill = True
+    prompt_once = True
 
     @classmethod
     def check(cls, cfg):

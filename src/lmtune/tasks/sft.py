@@ -28,6 +28,7 @@ class SftTask(Task):
     metric_for_summary = "loss"
     metrics = {"loss": "min", "perplexity": "min"}
     can_distill = True
+    prompt_once = True
 
     def encode(self, batch):
         examples = from_batch(batch)

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 from transformers import TrainerCallback
 
+from lmtune.tasks import prompt_once
 from lmtune.training.compile import compile_blocks, inductor_cache_dir
 
 GAIN = 0.09  # the least a compiled step saved here (the seed recipe's 8 x 32 tokens)
@@ -36,6 +37,8 @@ def why_not_auto(cfg, device: torch.device, world_size: int) -> Optional[str]:
     reasons = [(device.type != "cpu", "measured on CPUs only"), (world_size > 1, "one process only"),
                (m.name != "lora", "plain LoRA only"),
                (t.gradient_checkpointing, "not with gradient checkpointing"), (cfg.data.packing, "not with packing"),
+               (prompt_once.expected(cfg, device.type), "the batches' common prompt is computed once (tasks/prompt_once.py), "
+                "which compiled blocks would stop"),
                # compiled blocks attend with sdpa, slower here than the chunked attention they would replace
                (cfg.model.attn_implementation is None, "not with lmtune's chunked attention (model.attn_implementation unset)")]
     return next((why for bad, why in reasons if bad), None)
