@@ -177,3 +177,15 @@ def test_the_plan_counts_a_batchs_common_prompt_once(tmp_path, tiny_llama):
     assert per_row["padded"] == per_row["mean"]  # rows of one length
     saved = per_row["padded"] - once["padded"]  # each row of a batch of 8 is spared 7/8 of the prompt
     assert 8 * saved >= MIN_SAVED_TOKENS and saved > 0.5 * per_row["mean"]
+
+
+def test_plan_warns_that_cpu_memory_climbs_over_many_batches_of_varied_length():
+    from lmtune.plan.report import heap_growth_note
+
+    varied, even = {"mean": 48, "max": 101}, {"mean": 500, "max": 512}
+    assert "resident memory can climb" in heap_growth_note("cpu", varied, 250)
+    # One sweep of batches, rows of one length, or a GPU's caching allocator: nothing to say.
+    assert heap_growth_note("cpu", varied, 50) is None
+    assert heap_growth_note("cpu", even, 250) is None
+    assert heap_growth_note("cuda", varied, 250) is None
+    assert heap_growth_note("cpu", None, 250) is None
