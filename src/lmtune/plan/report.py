@@ -21,6 +21,7 @@ def heap_growth_note(device: str, stats: dict | None, steps: int) -> str | None:
     resident memory climbs above one step's peak (the demo's 250 steps: 2.2 GB after the first step,
     3.7 GB by the end, in steps at each length-grouped sweep's longest batch; docs/planner.md)."""
     varied = stats is not None and stats["max"] > 1.25 * stats["mean"]
+    # 50 batches: transformers' length-grouped mega-batch, one sweep from long rows to short ones.
     if device != "cpu" or not varied or steps <= 50:
         return None
     return ("on a CPU, resident memory can climb above this peak over a run of batches that change length "
