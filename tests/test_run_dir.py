@@ -40,7 +40,7 @@ def test_a_run_reports_its_events_in_order(tmp_path, tiny_llama):
     assert [e["step"] for e in seen if e["event"] == "checkpoint"] == [2, 4]
     assert kinds.index("model") < kinds.index("step") < kinds.index("finished")
     final = [e for e in seen if e["event"] == "evaluated" and e["when"] == "final"][0]
-    assert set(final["metrics"]) == {"accuracy", "f1", "loss"}
+    assert set(final["metrics"]) == {"accuracy", "f1", "loss", "label_word_answers"}
     step = [e for e in seen if e["event"] == "step"][-1]
     assert step["max_steps"] == 4 and step["tokens_per_s"] > 0 and step["loss"] > 0
     assert seen[-1]["metrics"]["train"]["steps"] == 4

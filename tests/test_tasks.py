@@ -226,6 +226,38 @@ def test_label_word_distillation_compares_the_label_words_only(tiny_llama, llama
     assert soft_only.loss("student", {})[0].item() > 0.1
 
 
+def test_label_word_loss_is_the_cross_entropy_among_the_label_words(tmp_path, tiny_llama, llama_tokenizer):
+    """task.loss=label_words: the rest of the vocabulary does not enter the loss, in training or evaluation."""
+    import math
+
+    import torch.nn.functional as F
+
+    from lmtune.data.templates import Renderer
+    from lmtune.tasks import TASKS
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={out}", *CLS, *STEPS, "task.name=label_tokens",
+                             "task.loss=label_words"])
+    task = TASKS.get("label_tokens")(cfg, llama_tokenizer, Renderer(llama_tokenizer, cfg.data.template))
+    words = task.label_token_ids
+    logits = torch.randn(3, len(llama_tokenizer))
+    targets = torch.tensor([words[1], words[0], words[1]])
+    expected = F.cross_entropy(logits[:, words], torch.tensor([1, 0, 1]), reduction="sum")
+    assert task.label_word_loss(logits, targets, reduction="sum").item() == pytest.approx(expected.item(), rel=1e-5)
+    others = [i for i in range(logits.shape[1]) if i not in words]
+    logits[:, others] += 5 * torch.randn(3, len(others))
+    assert task.label_word_loss(logits, targets, reduction="sum").item() == pytest.approx(expected.item(), rel=1e-5)
+    metrics = train(cfg).metrics
+    # Over two words a random model's loss is near log 2; over the whole vocabulary it is near log(vocabulary).
+    assert losses(out)[0] < 2 * math.log(2) < math.log(len(llama_tokenizer)) / 2
+    assert metrics["final"]["loss"] < 2 * math.log(2) and "accuracy" in metrics["final"]
+    # A random model's most likely next word is almost never one of two; the vocabulary's loss makes it one.
+    assert metrics["zero_shot"]["label_word_answers"] < 0.1
+    vocabulary = train(cfg.model_copy(update={"task": cfg.task.model_copy(update={"loss": "vocabulary"}),
+                                              "output": cfg.output.model_copy(update={"dir": str(tmp_path / "vocabulary")})}))
+    assert vocabulary.metrics["final"]["label_word_answers"] > 0.9
+
+
 def test_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_llama, tiny_bert):
     cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *DISTILL,
                              f"distill={{teacher: {tiny_bert}}}"])

@@ -272,7 +272,7 @@ def test_tensorboard_and_loss_plots(tmp_path, tiny_llama, capsys):
 @pytest.mark.parametrize("overrides, message", [
     (["train.load_best_at_end=true", "train.eval_steps=2"], "save_steps to a multiple of train.eval_steps"),
     (["train.early_stopping_patience=2"], "set train.eval_steps"),
-    (["train.metric_for_best=bleu", "train.eval_steps=2"], "reports accuracy, f1, loss, not 'bleu'"),
+    (["train.metric_for_best=bleu", "train.eval_steps=2"], "reports accuracy, f1, loss, label_word_answers, not 'bleu'"),
     (["train.scheduler=cosnie"], "train.scheduler"),
 ])
 def test_impossible_checkpoint_settings_are_refused_up_front(tmp_path, tiny_llama, overrides, message):

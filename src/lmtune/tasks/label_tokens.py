@@ -3,6 +3,11 @@
 The prompt is followed by the label word; the loss is on that one token only, and the prediction
 is the argmax over the label words' logits, so the model can never answer outside the label set.
 Only the position before the label goes through the LM head, in training too.
+
+The loss is the cross-entropy over the whole vocabulary by default, so the trained model answers
+with the label word in `lmtune generate` too; `task.loss: label_words` takes it over the label
+words' logits only (PET's verbalizer loss): no gradient is spent pushing down the rest of the
+vocabulary, and generation may then answer with another word.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ class LabelTokensOptions(TaskOptions):
 
     name: Literal["label_tokens"] = "label_tokens"
     label_words: Optional[list[str]] = Field(None, description="the word for each label (default: the labels)")
+    loss: Literal["vocabulary", "label_words"] = Field(
+        "vocabulary", description="cross-entropy over the whole vocabulary, or over the label words only "
+        "(generate may then answer with another word)")
 
 
 @register_task("label_tokens")
@@ -32,7 +40,9 @@ class LabelTokensTask(Task):
     examples = (LabelledText,)
     columns = ("input_ids", "labels", "label")
     metric_for_summary = "accuracy"
-    metrics = {"accuracy": "max", "f1": "max", "loss": "min"}
+    # label_word_answers: the share of rows whose most likely next token over the whole vocabulary is a
+    # label word, i.e. where greedy generation would start its answer with one (task.loss: label_words)
+    metrics = {"accuracy": "max", "f1": "max", "loss": "min", "label_word_answers": "max"}
     labels_name = "label"
     can_distill = True
     prompt_once = True
@@ -83,7 +93,16 @@ class LabelTokensTask(Task):
         return target_logits(model, inputs)
 
     def loss(self, model, inputs):
-        return target_loss(model, inputs)
+        if self.cfg.task.loss == "vocabulary":
+            return target_loss(model, inputs)
+        logits, targets = target_logits(model, inputs, upcast=False)
+        return self.label_word_loss(logits, targets, reduction="sum"), targets.numel()
+
+    def label_word_loss(self, logits, targets, reduction):
+        """Cross-entropy of the target among the label words' logits alone."""
+        words = torch.tensor(self.label_token_ids, device=targets.device)
+        return F.cross_entropy(self.classes(logits).float(), (targets[:, None] == words).int().argmax(-1),
+                               reduction=reduction)
 
     def classes(self, logits):
         # The prediction is the best label word. For distillation: over the whole vocabulary, matching the teacher's softened tail (49k entries on SmolLM2)
@@ -92,16 +111,22 @@ class LabelTokensTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, dataset, batch_size, precision):
-        preds, golds, loss_sum = [], [], 0.0
+        preds, golds, loss_sum, answers = [], [], 0.0, 0
+        words = torch.tensor(self.label_token_ids)
         for batch in self.eval_batches(model, dataset, batch_size, precision):
             logits, targets = target_logits(model, batch)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            if self.cfg.task.loss == "vocabulary":
+                loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            else:  # the loss it trains on, so that its best checkpoint is chosen by it
+                loss_sum += self.label_word_loss(logits, targets, reduction="sum").item()
             preds += self.classes(logits).argmax(-1).tolist()
+            answers += torch.isin(logits.argmax(-1), words.to(logits.device)).sum().item()
             golds += batch["label"].tolist()
         return {
             "accuracy": sum(p == g for p, g in zip(preds, golds)) / len(golds),
             "f1": macro_f1(preds, golds, len(self.label_words)),
             "loss": loss_sum / len(golds),
+            "label_word_answers": answers / len(golds),
         }
 
 
