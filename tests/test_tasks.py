@@ -256,6 +256,13 @@ def test_label_word_loss_is_the_cross_entropy_among_the_label_words(tmp_path, ti
     vocabulary = train(cfg.model_copy(update={"task": cfg.task.model_copy(update={"loss": "vocabulary"}),
                                               "output": cfg.output.model_copy(update={"dir": str(tmp_path / "vocabulary")})}))
     assert vocabulary.metrics["final"]["label_word_answers"] > 0.9
+    # So generation answers with a label word, and stops after it instead of repeating it.
+    from lmtune.generation import SamplingParams
+    from lmtune.infer.load import load_engine
+
+    _, engine = load_engine(tmp_path / "vocabulary")
+    done = engine.generate([engine.prompt_ids([{"role": "user", "content": "a fine film"}])], SamplingParams(max_new_tokens=20))[0]
+    assert done.ids in [[i] for i in task.label_token_ids] and done.finish_reason == "stop"
 
 
 def test_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_llama, tiny_bert):

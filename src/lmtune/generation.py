@@ -46,13 +46,15 @@ class Completion:
 
 class Engine:
     def __init__(self, model, tokenizer, renderer: Renderer, precision: str = "fp32",
-                 adapter: Optional[str] = None, lock: Optional[threading.Lock] = None):
+                 adapter: Optional[str] = None, lock: Optional[threading.Lock] = None,
+                 answer_tokens: Optional[int] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.renderer = renderer
         self.precision = precision
         self.adapter = adapter  # a named peft adapter on a base shared with other engines
         self.lock = lock or threading.Lock()  # shared by the engines of one model object
+        self.answer_tokens = answer_tokens  # the task's longest answer (a label word), if it has one
 
     def _select(self) -> None:
         """Under the lock: make this engine's adapter the active one of the shared model."""
@@ -152,11 +154,13 @@ class Engine:
 
     def _kwargs(self, params: SamplingParams, prompt_length: int) -> dict:
         """generate() arguments, with max_new_tokens capped so that prompt + answer stay within
-        the model's positions."""
+        the model's positions, and at the task's answer length."""
         kwargs = {**self._stop_kwargs(params), **params.generate_kwargs()}
         limit = self.context_limit()
         if limit:
             kwargs["max_new_tokens"] = max(1, min(kwargs["max_new_tokens"], limit - prompt_length))
+        if self.answer_tokens:
+            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.answer_tokens)
         return kwargs
 
     def _stop_kwargs(self, params: SamplingParams) -> dict:
@@ -174,7 +178,8 @@ class Engine:
         cut = _first_stop(text, params.stop)
         if cut is not None:
             text, ended = text[:cut], True
-        return Completion(text, len(prompt), len(new), "stop" if ended else "length", generated)
+        whole = ended or (self.answer_tokens is not None and len(new) >= self.answer_tokens)  # a label word is a whole answer
+        return Completion(text, len(prompt), len(new), "stop" if whole else "length", generated)
 
 
 def _first_stop(text: str, stops: list[str]) -> Optional[int]:

@@ -19,7 +19,8 @@ def refuse_non_generating(run: RunDir, cfg) -> None:
 
 
 def engine_of(loaded: Loaded, adapter: str | None = None) -> Engine:
-    return Engine(loaded.model, loaded.tokenizer, loaded.task.renderer, loaded.precision, adapter)
+    return Engine(loaded.model, loaded.tokenizer, loaded.task.renderer, loaded.precision, adapter,
+                  answer_tokens=TASKS.get(loaded.cfg.task.name).answer_tokens)
 
 
 def load_engine(run_dir: str | Path) -> tuple[object, Engine]:
@@ -51,7 +52,8 @@ def load_engines(run_dirs: list[str], base: str | None = None) -> dict[str, obje
             run.check_weights()
             owner = shared[key]
             owner.model.load_adapter(str(run.path / "adapter"), adapter_name=name)
-            engines[name] = Engine(owner.model, owner.tokenizer, owner.renderer, owner.precision, name, owner.lock)
+            engines[name] = Engine(owner.model, owner.tokenizer, owner.renderer, owner.precision, name, owner.lock,
+                                   TASKS.get(cfg.task.name).answer_tokens)
             continue
         cfg, engine = load_engine(run.path)
         if shareable:

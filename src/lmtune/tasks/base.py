@@ -89,6 +89,7 @@ class Task:
     metric_for_summary = "loss"
     model_spec = CAUSAL_LM  # which transformers class it trains (classmethod spec() may shape its head)
     generates = True  # a causal LM that generate / chat / serve can use
+    answer_tokens: int | None = None  # the tokens a generated answer stops at, where the task fixes them
     labels_name: str | None = None  # what data.labels names ("label", "tag"), when the task needs them
     can_pack = True  # rows may be packed together (data.packing)
     why_not_packed = "predicts per row"  # said when packing is refused

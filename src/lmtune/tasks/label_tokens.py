@@ -46,6 +46,10 @@ class LabelTokensTask(Task):
     labels_name = "label"
     can_distill = True
     prompt_once = True
+    # Generation answers with the one token the model was trained on, the label word's first: without
+    # this, `lmtune generate` said "positive positive ..." up to --max-new-tokens (no row taught it to
+    # stop), and a word of several tokens came out as its first piece repeated.
+    answer_tokens = 1
 
     @classmethod
     def check(cls, cfg):
