@@ -54,7 +54,7 @@ class Engine:
         self.precision = precision
         self.adapter = adapter  # a named peft adapter on a base shared with other engines
         self.lock = lock or threading.Lock()  # shared by the engines of one model object
-        self.answer_tokens = answer_tokens  # the task's longest answer (a label word), if it has one
+        self.answer_tokens = answer_tokens  # where the task fixes its answers' length (label_tokens: 1 token)
 
     def _select(self) -> None:
         """Under the lock: make this engine's adapter the active one of the shared model."""
