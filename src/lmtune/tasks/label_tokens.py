@@ -100,13 +100,13 @@ class LabelTokensTask(Task):
         if self.cfg.task.loss == "vocabulary":
             return target_loss(model, inputs)
         logits, targets = target_logits(model, inputs, upcast=False)
-        return self.label_word_loss(logits, targets, reduction="sum"), targets.numel()
+        return self.label_word_loss(logits, targets), targets.numel()
 
-    def label_word_loss(self, logits, targets, reduction):
-        """Cross-entropy of the target among the label words' logits alone."""
+    def label_word_loss(self, logits, targets):
+        """Cross-entropy of each target among the label words' logits alone, summed over the rows."""
         words = torch.tensor(self.label_token_ids, device=targets.device)
         return F.cross_entropy(self.classes(logits).float(), (targets[:, None] == words).int().argmax(-1),
-                               reduction=reduction)
+                               reduction="sum")
 
     def classes(self, logits):
         # The prediction is the best label word. For distillation: over the whole vocabulary, matching the teacher's softened tail (49k entries on SmolLM2)
@@ -122,7 +122,7 @@ class LabelTokensTask(Task):
             if self.cfg.task.loss == "vocabulary":
                 loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             else:  # the loss it trains on, so that its best checkpoint is chosen by it
-                loss_sum += self.label_word_loss(logits, targets, reduction="sum").item()
+                loss_sum += self.label_word_loss(logits, targets).item()
             preds += self.classes(logits).argmax(-1).tolist()
             answers += torch.isin(logits.argmax(-1), words.to(logits.device)).sum().item()
             golds += batch["label"].tolist()
