@@ -72,6 +72,22 @@ def test_the_operator_torch_compile_calls_computes_what_the_eager_node_computes(
         torch.testing.assert_close(op, node, rtol=0, atol=0)
 
 
+def test_without_gradients_a_layer_computes_what_the_node_computes():
+    """Evaluation and generation skip the autograd node (its bookkeeping made generation slower than
+    peft's forward); the arithmetic, and so every output bit, must stay the node's."""
+    layer = lora_layer(torch.bfloat16, 0.1, bias=True)
+    use_fused_lora(layer)
+    layer.eval()
+    x = torch.randn(3, 5, 48, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_node = layer(x.clone().requires_grad_(True))
+        assert y_node.grad_fn is not None and "LoraLinear" in type(y_node.grad_fn).__name__
+        with torch.inference_mode():
+            y_plain = layer(x)
+    assert y_plain.grad_fn is None
+    torch.testing.assert_close(y_plain, y_node.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_a_layer_off_the_cpu_keeps_every_tensor_on_its_device(dropout):
     """No GPU here: the meta device stands in for one. Everything the layer's node makes, its

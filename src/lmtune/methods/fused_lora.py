@@ -166,6 +166,9 @@ class FusedLoraLinear(Linear):
         if torch.compiler.is_compiling():
             y = lora_linear_op(x.reshape(-1, x.shape[-1]), *args)[0]
             return y.reshape(*x.shape[:-1], y.shape[-1])
+        if not torch.is_grad_enabled():  # evaluation and generation: the node's arithmetic, without its bookkeeping
+            y = lora_forward(x.reshape(-1, x.shape[-1]), *args)[0]
+            return y.reshape(*x.shape[:-1], y.shape[-1])
         return LoraLinear.apply(x, *args)
 
 
