@@ -117,6 +117,7 @@ def _load_run(run: RunDir, quantized: bool, dtype: Optional[torch.dtype]) -> Loa
         load_task_layers(model, saved, task.extra_layers)
         if task.needs_reference(cfg):  # compared with the model it started from, not with itself
             base = load_model(resolve_model_path(cfg.model), cfg.model, hardware.DTYPES[precision], spec=spec)
+            use_run_attention(base, cfg)  # training's reference is a copy of the base as it loaded, attention included
             attach_reference(Loaded(cfg, model, tokenizer, task, precision), base.to(hardware.device()))
     else:
         from peft import PeftModel
