@@ -3,11 +3,10 @@
 
     .venv/bin/python bench/generation_lora.py [--tokens 48] [--rounds 8]
 
-The adapter is r=8 / alpha=32 on every linear layer, B drawn small and non-zero as after training
-(both paths compute the adapter's products either way). The prompt is
-40 random tokens, batch 1, bf16 under autocast, the KV cache on, chunked attention as lmtune loads
-it. Prints the median time of --rounds generations after one warm-up round, and whether the two
-paths chose the same tokens.
+The adapter is r=8 / alpha=32 on every linear layer, B drawn small and non-zero as after training.
+The prompt is 40 random tokens, batch 1, bf16 under autocast, the KV cache on, chunked attention as
+lmtune loads it. Prints the median time of --rounds generations after one warm-up round, and whether
+the two paths chose the same tokens.
 """
 
 from __future__ import annotations
