@@ -10,7 +10,9 @@ split (the run's own final evaluation), the training rows its seed did not draw 
 the same rows for every variant, never trained on, so a larger set to choose by than the validation
 split alone) and the test split, where it also counts the rows whose most likely next word is a
 label word (what `lmtune generate` would answer). A run already in --out is not trained again, nor
-a set scored again; `--rows N` sets data.max_samples.
+a set scored again; `--rows N` sets data.max_samples. Variants that draw more rows than others
+(`data.max_samples` in their overrides) leave fewer rows unseen: `--unseen-after N` scores every run
+on the rows that a draw of N leaves out, the same rows for all of them.
 Results: docs/tasks.md ("The loss over the label words only"), docs/benchmarks.md ("The demo's config").
 """
 
@@ -34,7 +36,8 @@ def lmtune(*args: str) -> str:
 
 
 def unseen_rows(seed: int, rows: int | None, out: Path) -> Path:
-    """The training rows that lmtune's own draw (data.max_samples, train.seed) leaves out."""
+    """The training rows that lmtune's own draw (data.max_samples, train.seed) leaves out. A larger
+    draw with the same seed takes a superset of a smaller one's rows (data/dataset.py's sample)."""
     sys.path.insert(0, str(ROOT / "src"))
     from lmtune.config import load_config
     from lmtune.data.dataset import sample
@@ -42,7 +45,7 @@ def unseen_rows(seed: int, rows: int | None, out: Path) -> Path:
     cfg = load_config(CONFIG, [f"train.seed={seed}"] + ([f"data.max_samples={rows}"] if rows else []))
     lines = (ROOT / cfg.data.train).read_text(encoding="utf-8").splitlines()
     drawn = set(sample(list(range(len(lines))), cfg.data.max_samples, seed))
-    path = out / f"unseen_seed{seed}.jsonl"
+    path = out / f"unseen{rows or ''}_seed{seed}.jsonl"
     path.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in drawn), encoding="utf-8")
     return path
 
@@ -55,7 +58,7 @@ def scored(run: Path, data: Path, name: str) -> dict:
     return json.loads(report.read_text())
 
 
-def one(seed: int, variant: str, overrides: str, rows: int | None, out: Path, unseen: Path) -> dict:
+def one(seed: int, variant: str, overrides: str, rows: int | None, out: Path, unseen: Path, unseen_name: str) -> dict:
     run = out / f"{variant}_seed{seed}"
     if not (run / "metrics.json").exists():
         lmtune("train", str(CONFIG), "--output-dir", str(run), "train.zero_shot_eval=false", f"train.seed={seed}",
@@ -63,7 +66,7 @@ def one(seed: int, variant: str, overrides: str, rows: int | None, out: Path, un
     metrics = json.loads((run / "metrics.json").read_text())
     test = scored(run, TEST, "test")
     return {"seed": seed, "variant": variant, "train_s": metrics["train"]["runtime_s"], "validation": metrics["final"]["accuracy"],
-            "unseen_train": scored(run, unseen, "unseen")["accuracy"], "test": test["accuracy"],
+            "unseen_train": scored(run, unseen, unseen_name)["accuracy"], "test": test["accuracy"],
             "label_word_answers": test["label_word_answers"]}
 
 
@@ -71,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--rows", type=int, default=None, help="data.max_samples (default: the config's)")
+    parser.add_argument("--unseen-after", type=int, default=None,
+                        help="score on the rows a draw of N leaves out (default: --rows or the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench_demo_variants")
     parser.add_argument("--variant", action="append", default=[], help='NAME="key=value ..." (repeatable)')
     args = parser.parse_args()
@@ -78,12 +83,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in map(int, args.seeds.split(",")):
-        unseen = unseen_rows(seed, args.rows, args.out)
+        after = args.unseen_after or args.rows
+        unseen = unseen_rows(seed, after, args.out)
         for variant, overrides in variants.items():
-            results.append(one(seed, variant, overrides, args.rows, args.out, unseen))
+            results.append(one(seed, variant, overrides, args.rows, args.out, unseen, f"unseen{after or ''}"))
             print(json.dumps(results[-1]), flush=True)
     keys = ("validation", "unseen_train", "test", "label_word_answers")
-    print("\n| variant | seed | train time | validation | unseen training rows | test | test rows answered with a label word |")
+    unseen = f"training rows a draw of {args.unseen_after:,} leaves out" if args.unseen_after else "unseen training rows"
+    print(f"\n| variant | seed | train time | validation | {unseen} | test | test rows answered with a label word |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant in variants:
         mine = [r for r in results if r["variant"] == variant]

@@ -148,8 +148,9 @@ def test_qlora_base_is_really_4_bit(tiny_llama):
     assert all(m.weight.dtype == torch.uint8 and m.weight.quant_state.quant_type == "nf4" for m in linear4)
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "qlora"])
-def test_merge_gives_the_same_logits_as_the_adapter(tmp_path, tiny_llama, method, capsys):
+@pytest.mark.parametrize("method, extra", [("lora", []), ("lora", ["method.last_layers=1"]), ("dora", []), ("ia3", []),
+                                           ("qlora", [])])
+def test_merge_gives_the_same_logits_as_the_adapter(tmp_path, tiny_llama, method, extra, capsys):
     from transformers import AutoModelForCausalLM
 
     from lmtune.cli import main
@@ -158,7 +159,7 @@ def test_merge_gives_the_same_logits_as_the_adapter(tmp_path, tiny_llama, method
     config = tmp_path / "c.yaml"
     config.write_text(f"model:\n  name: {tiny_llama}\nmethod:\n  name: {method}\n")
     assert main(["train", str(config), "--output-dir", str(run), *TASK_DATA["sft"], "train.max_steps=3",
-                 "train.lr=5e-2", "train.precision=fp32", "train.zero_shot_eval=false"]) == 0
+                 "train.lr=5e-2", "train.precision=fp32", "train.zero_shot_eval=false", *extra]) == 0
     assert main(["merge", str(run), str(merged_dir)]) == 0
     assert "max |logit difference|" in capsys.readouterr().out
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
@@ -194,6 +195,29 @@ def test_refused_combinations(tmp_path, tiny_llama, capsys):
     capsys.readouterr()
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 2
     assert "cannot be folded into weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family, task_name", [("llama", "sft"), ("gpt2", "label_tokens"), ("bert", "seq_cls")])
+def test_lora_on_the_last_layers_only_and_no_backward_below_them(tmp_path, request, family, task_name):
+    cfg, model, tokenizer, task, batch = build(request.getfixturevalue(f"tiny_{family}"), "lora", task_name,
+                                               ["method.last_layers=1"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(re.search(r"(layers|h|layer)\.1\..*lora_[AB]" + HEAD, n) for n in trainable), sorted(trainable)
+    from lmtune.model.blocks import named_blocks
+
+    records = []
+    for block in named_blocks(model)[1]:
+        block.register_forward_hook(lambda module, args, out: records.append((out[0] if isinstance(out, tuple) else out).requires_grad))
+    mean_loss(task, model, batch).backward()
+    assert records == [False, True]  # autograd records nothing in block 0: the backward pass ends at block 1
+
+    out = RunDir.create(tmp_path / "run", overwrite=False)
+    out.write_config(cfg)
+    out.save_weights(model, tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(mean_loss(task, load_for_inference(out).model, batch), mean_loss(task, model, batch))
+    with pytest.raises(ConfigError, match=r"method.last_layers: 3 > the model's 2 blocks"):
+        build(request.getfixturevalue(f"tiny_{family}"), "lora", task_name, ["method.last_layers=3"])
 
 
 def test_qlora_layers_still_pass_gradients_after_an_evaluation(tiny_llama):

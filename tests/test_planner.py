@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 from lmtune.cli import main
 from lmtune.config import load_config
 from lmtune.plan.command import plan
-from lmtune.plan.estimate import GB, NF4_BYTES
+from lmtune.plan.estimate import GB, NF4_BYTES, Batch, backward_share, flops_per_step
 from lmtune.plan.shape import model_shape
 
 from conftest import SENTIMENT
@@ -189,3 +189,25 @@ def test_plan_warns_that_cpu_memory_climbs_over_many_batches_of_varied_length():
     assert heap_growth_note("cpu", even, 250) is None
     assert heap_growth_note("cuda", varied, 250) is None
     assert heap_growth_note("cpu", None, 250) is None
+
+
+def test_lora_on_the_last_layers_keeps_and_computes_below_them_nothing(tiny_llama):
+    """`method.last_layers`: the blocks below the lowest adapted one run forward only and keep
+    nothing for the backward pass; the one timed block is still an adapted one."""
+    config = LlamaConfig(**LLAMA3["8b"])
+    every, last = (plan(load_config(None, ["train.batch_size=1", "data.max_length=512", *extra]), config=config,
+                        throughput=100_000, measure_rate=False)[0] for extra in ([], ["method.last_layers=8"]))
+    assert last.memory.activations == pytest.approx(every.memory.activations / 4)  # 8 of 32 blocks
+    assert last.memory_checkpointed.activations < every.memory_checkpointed.activations
+    assert last.trainable == every.trainable // 4
+    # forward through 32 blocks, backward through 8: 2 + 2/4 of the 4 units a LoRA step costs per parameter
+    shape, batch = model_shape(config), Batch(1, 512, 512, 512)
+    flops = [flops_per_step(shape, "lora", p.trainable, batch, False, backward_share(shape, c.method))
+             for p, c in ((every, load_config(None, [])), (last, load_config(None, ["method.last_layers=8"])))]
+    assert flops[1] / flops[0] == pytest.approx(0.625, abs=0.03)
+
+    base = [f"model.name={tiny_llama}", *SENTIMENT]
+    every, last = (plan(load_config(None, [*base, *extra]), throughput=10)[0] for extra in ([], ["method.last_layers=1"]))
+    assert 0 < last.seconds_per_epoch < every.seconds_per_epoch
+    timed = plan(load_config(None, [*base, "method.last_layers=1"]))[0]  # times one adapted block of the two
+    assert timed.seconds_per_epoch > 0

@@ -8,8 +8,10 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field
 
+from lmtune.errors import ConfigError
 from lmtune.methods import Method, PlanFacts, register_method
-from lmtune.methods.peft_common import check_target_modules, lora_targets, task_type_of, wrap
+from lmtune.methods.peft_common import check_target_modules, linear_module_names, lora_targets, task_type_of, wrap
+from lmtune.model.blocks import named_blocks
 from lmtune.sections import Section
 
 
@@ -21,15 +23,18 @@ class LoraMethod(Section):
     alpha: float = Field(16, gt=0, description="scaling: the update is alpha / r x B A")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: Union[str, list[str]] = Field("all-linear", description="'all-linear' or module names")
+    last_layers: Optional[int] = Field(None, gt=0, description="adapt only the last N transformer blocks (all when "
+                                       "unset): the backward pass stops below the lowest adapted block")
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r)")
     lora_plus_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: the B matrices learn this many times faster")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type")
     double_quant: bool = Field(True, description="qlora: quantise the quantisation constants too")
 
 
-def lora_config(options, use_dora: bool, task_type: str, target_modules=None):
+def lora_config(options, use_dora: bool, task_type: str, target_modules=None, layers=(None, None)):
     from peft import LoraConfig
 
+    layers_to_transform, layers_pattern = layers
     return LoraConfig(
         r=options.r,
         lora_alpha=options.alpha,
@@ -38,13 +43,33 @@ def lora_config(options, use_dora: bool, task_type: str, target_modules=None):
         use_rslora=options.use_rslora,
         use_dora=use_dora,
         task_type=task_type,
+        layers_to_transform=layers_to_transform,
+        layers_pattern=layers_pattern,
     )
 
 
 def apply_lora(model, options, tokenizer, added, use_dora: bool = False):
     check_target_modules(model, options.target_modules)
     targets = lora_targets(model, options.target_modules, added.heads)
-    return wrap(model, lora_config(options, use_dora, task_type_of(model), targets), added)
+    layers = (None, None)
+    if options.last_layers:
+        layers = last_blocks(model, options.last_layers)
+        if targets == "all-linear":  # peft takes layers_to_transform with a list of names only
+            targets = [n for n in linear_module_names(model) if n not in added.heads]
+    return wrap(model, lora_config(options, use_dora, task_type_of(model), targets, layers), added)
+
+
+def last_blocks(model, count: int) -> tuple[list[int], str]:
+    """peft's layers_to_transform and layers_pattern for the last `count` blocks. Nothing below
+    them trains, so autograd records nothing there and the backward pass ends at the lowest one."""
+    try:
+        name, blocks = named_blocks(model)
+    except LookupError as e:
+        raise ConfigError(f"method.last_layers: cannot find the list of transformer blocks of {e}; "
+                          "leave last_layers unset") from None
+    if count > len(blocks):
+        raise ConfigError(f"method.last_layers: {count} > the model's {len(blocks)} blocks")
+    return list(range(len(blocks) - count, len(blocks))), name.rsplit(".", 1)[-1]
 
 
 def apply_dora(model, options, tokenizer, added):

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from lmtune.config import Config, validate_config
 from lmtune.methods import METHODS
 from lmtune.tasks import TASKS, prompt_once
-from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
+from lmtune.plan.estimate import GB, Batch, Memory, backward_share, flops_per_step, memory
 from lmtune.plan.shape import ModelShape, model_shape, trainable_params
-from lmtune.plan.throughput import Rate, adamw_seconds_per_param
+from lmtune.plan.throughput import Rate, adamw_seconds_per_param, every_block
 
 @dataclass
 class Plan:
@@ -54,7 +54,7 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
     name = cfg.method.name
     kwargs = dict(precision=precision, optimizer=cfg.train.optimizer, device=device,
                   attention=cfg.model.attn_implementation or "sdpa", double_quant=getattr(cfg.method, "double_quant", True),
-                  lora_dropout=getattr(cfg.method, "dropout", 0.0))
+                  lora_dropout=getattr(cfg.method, "dropout", 0.0), backward=backward_share(shape, cfg.method))
     plain = memory(shape, name, trainable, batch, checkpointing=False, **kwargs)
     checkpointed = memory(shape, name, trainable, batch, checkpointing=True, **kwargs)
     extra = task_extra_cost(cfg, shape, batch, precision)
@@ -64,7 +64,7 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
     steps = math.ceil(rows / (t.batch_size * t.grad_accum)) if rows else 0
     seconds = None
     if rate is not None and rows:
-        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing) + extra.flops
+        flops = flops_per_step(shape, name, trainable, batch, t.gradient_checkpointing, kwargs["backward"]) + extra.flops
         if rate.step_s is None:
             micro = flops / rate.flops_per_s
         else:  # the step timed for the configured method, scaled to this method's (and checkpointing's) FLOPs
@@ -215,7 +215,9 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
         from lmtune.plan.throughput import measure
 
         rate = measure(config, cfg, batch, precision, tokenizer)
-        rate.step_flops = flops_per_step(shape, cfg.method.name, trainable_params(config, cfg.method, tokenizer), batch, False)
+        # the timed step adapts every block (one timed block times the depth)
+        rate.step_flops = flops_per_step(shape, cfg.method.name, trainable_params(config, every_block(cfg.method), tokenizer),
+                                         batch, False)
     configs = [with_method(cfg, name) for name in METHODS.in_order()] if compare else [cfg]
     plans = [plan_method(config, shape, c, batch_of(c, stats), stats and stats["rows"], rate, device, precision, tokenizer)
              for c in configs]

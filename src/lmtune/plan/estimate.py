@@ -66,8 +66,16 @@ def weight_bytes(shape: ModelShape, method: str, trainable: int, precision: str,
     return (shape.total_params - trainable) * low + trainable * 4
 
 
+def backward_share(shape: ModelShape, method_options) -> float:
+    """The share of the blocks that the backward pass runs through. LoRA's `last_layers` adapts
+    the top blocks only; nothing below them needs a gradient, so they run forward and keep nothing."""
+    last = getattr(method_options, "last_layers", None)
+    return min(last, shape.layers) / shape.layers if last else 1.0
+
+
 def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: str, checkpointing: bool,
-                     lora_dropout: float = 0.0) -> float:
+                     lora_dropout: float = 0.0, backward: float = 1.0) -> float:
+    """`backward`: the share of the blocks that keep anything for the backward pass (backward_share)."""
     facts = METHODS.get(method).plan
     units = facts.activation_units + (facts.dropout_units if lora_dropout > 0 else 0.0)
     length = batch.length + batch.virtual_tokens
@@ -75,33 +83,36 @@ def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: st
     per_layer = tokens * units * (4 * shape.hidden + shape.intermediate)
     if attention == "eager":  # the softmax output in fp32 and its 16-bit copy, per head
         per_layer += batch.size * shape.heads * length * length * 6
+    layers = shape.layers * backward
     if checkpointing:  # only each block's input is kept; one block is recomputed at a time
-        return tokens * shape.layers * shape.hidden * 2 + per_layer
-    return per_layer * shape.layers
+        return tokens * layers * shape.hidden * 2 + per_layer
+    return per_layer * layers
 
 
 def memory(shape: ModelShape, method: str, trainable: int, batch: Batch, *, precision: str = "bf16",
            optimizer: str = "adamw", attention: str = "sdpa", checkpointing: bool = False,
-           device: str = "cpu", double_quant: bool = True, lora_dropout: float = 0.0) -> Memory:
+           device: str = "cpu", double_quant: bool = True, lora_dropout: float = 0.0, backward: float = 1.0) -> Memory:
     return Memory(
         weights=weight_bytes(shape, method, trainable, precision, double_quant),
         gradients=trainable * 4,
         optimizer=trainable * OPTIMIZERS[optimizer].state_bytes,
-        activations=activation_bytes(shape, method, batch, attention, checkpointing, lora_dropout),
+        activations=activation_bytes(shape, method, batch, attention, checkpointing, lora_dropout, backward),
         logits=batch.size * batch.targets * shape.vocab * LOGIT_BYTES,  # the LM head runs at targets only
         overhead=PROCESS_OVERHEAD["cuda" if device == "cuda" else "cpu"],
     )
 
 
-def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch, checkpointing: bool) -> float:
-    """Forward 2N per computed token (padding included); backward 2N for the input gradients, plus 2N where weights train.
-    Attention adds about 6 x length x hidden per token and layer; the LM head runs on targets only."""
+def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch, checkpointing: bool,
+                   backward: float = 1.0) -> float:
+    """Forward 2N per computed token (padding included); backward 2N for the input gradients, plus 2N where weights train,
+    through the `backward` share of the blocks (backward_share). Attention adds about 6 x length x hidden per token and
+    layer (2 forward, 4 backward); the LM head runs on targets only."""
     tokens = batch.size * batch.computed_length
     trained_block = shape.block_params if METHODS.get(method).plan.trains_base else min(trainable, shape.block_params)
-    per_token = 2 * shape.block_params + 2 * shape.block_params + 2 * trained_block
+    per_token = 2 * shape.block_params + backward * 2 * shape.block_params + 2 * trained_block
     if checkpointing:
-        per_token += 2 * shape.block_params  # the forward pass again
-    attention = 6 * shape.layers * batch.computed_length * shape.hidden
+        per_token += backward * 2 * shape.block_params  # the forward pass again
+    attention = (2 + 4 * backward) * shape.layers * batch.computed_length * shape.hidden
     return tokens * (per_token + attention) + head_flops(shape, method, batch)
 
 
