@@ -343,3 +343,31 @@ def test_two_processes_under_torchrun_agree_with_one_process_of_the_same_global_
     assert m1["train"]["steps"] == m2["train"]["steps"] == 3
     assert m1["train"]["samples"] == m2["train"]["samples"]
     assert_same_weights(adapter(tmp_path / "one"), adapter(tmp_path / "two"), atol=1e-5)
+
+
+def test_a_classifier_no_better_than_its_most_common_label_is_called_out():
+    from lmtune.training.learned import not_learned
+
+    classes = [0] * 500 + [1] * 500  # two standard errors of a 0.5 share on 1,000 rows: 0.032
+    steady = [{"step": s, "grad_norm": 4.0 + s % 3} for s in range(25, 250, 25)]
+    spiked = steady[:2] + [{"step": 75, "grad_norm": 538.0}] + steady[3:]
+    assert not_learned({"accuracy": 0.56}, classes, spiked) is None
+    assert not_learned({"loss": 0.69}, classes, spiked) is None  # no accuracy: not a classifier's metrics
+    said = not_learned({"accuracy": 0.5047}, classes, spiked)
+    assert "no better than always answering the most common label (0.5000 of the 1,000 validation rows)" in said
+    assert "gradient norm reached 538 at step 75 (median 5.0): lower train.lr" in said
+    assert "train longer" in not_learned({"accuracy": 0.52}, classes, steady)
+    assert not_learned({"accuracy": 0.80}, [0] * 900 + [1] * 100, steady) is not None  # below the majority's 0.9
+
+
+def test_the_warning_is_printed_under_the_table_and_kept_in_metrics(tmp_path, tiny_llama, monkeypatch, capsys):
+    from lmtune.tasks.label_tokens import LabelTokensTask
+
+    evaluate = LabelTokensTask.evaluate
+    monkeypatch.setattr(LabelTokensTask, "evaluate", lambda *a: {**evaluate(*a), "accuracy": 0.5})
+    out = tmp_path / "run"
+    train(load_config(None, [f"model.name={tiny_llama}", f"output.dir={out}", *SENTIMENT, *STEPS, "train.max_steps=2"]))
+    warning = json.loads((out / "metrics.json").read_text())["warnings"][0]
+    assert warning.startswith("fine-tuned accuracy 0.5000 is no better than always answering the most common label")
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.index("run directory:") < printed.index("warning: fine-tuned accuracy 0.5000")

@@ -2,6 +2,7 @@
 processes of their own."""
 
 import html
+import json
 import re
 import time
 from html.parser import HTMLParser
@@ -70,6 +71,9 @@ def test_a_finished_run_its_page_and_its_event_stream(tmp_path, tiny_llama):
     assert "confusion_matrix.png" in client.get("/runs/done").text
     assert client.get("/runs/done/confusion_matrix.png").content.startswith(b"\x89PNG")
     assert client.get("/runs/../etc").status_code == 404 and client.get("/runs/nothing").status_code == 404
+    metrics = runs / "done" / "metrics.json"  # a classifier that learned nothing (training/learned.py) says so here too
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "warnings": ["the run has not learned the task"]}))
+    assert 'role="alert">warning: the run has not learned the task</p>' in client.get("/runs/done").text
     # Two runs compared: both curves (from log.jsonl) and their final metrics side by side.
     train(load_config(None, [f"model.name={tiny_llama}", f"data.train={DATA / 'rotten_tomatoes' / 'validation.jsonl'}",
                              "data.format=classification", "data.labels=[negative, positive]", "task.name=label_tokens",

@@ -53,6 +53,8 @@ def print_run_summary(metrics: dict, headline: str, out: str | Path) -> None:
     table.add_row("saved", f"{metrics['saved']['path']} ({metrics['saved']['size_mb']:.1f} MB)")
     console.print(table)
     console.print(f"run directory: {out} (config.yaml, metrics.json, log.jsonl, loss.png)")
+    for warning in metrics.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 def print_runs(summaries: list[dict]) -> None:

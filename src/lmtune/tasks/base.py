@@ -91,6 +91,7 @@ class Task:
     generates = True  # a causal LM that generate / chat / serve can use
     answer_tokens: int | None = None  # the tokens a generated answer stops at, where the task fixes them
     labels_name: str | None = None  # what data.labels names ("label", "tag"), when the task needs them
+    class_column: str | None = None  # the encoded column holding each row's class (training/learned.py's check)
     can_pack = True  # rows may be packed together (data.packing)
     why_not_packed = "predicts per row"  # said when packing is refused
     can_distill = False  # a teacher's outputs can be compared with the student's (distill section)

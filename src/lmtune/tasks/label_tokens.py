@@ -44,6 +44,7 @@ class LabelTokensTask(Task):
     # label word, i.e. where greedy generation would start its answer with one (task.loss: label_words)
     metrics = {"accuracy": "max", "f1": "max", "loss": "min", "label_word_answers": "max"}
     labels_name = "label"
+    class_column = "label"
     can_distill = True
     prompt_once = True
     # Generation answers with the one token the model was trained on, the label word's first: without

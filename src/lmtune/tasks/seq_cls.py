@@ -77,6 +77,7 @@ class SeqClsTask(Task):
     metrics = {"accuracy": "max", "f1": "max", "loss": "min"}
     generates = False
     labels_name = "label"
+    class_column = "labels"
     can_pack = False
     can_distill = True
     head_modules = ("score", "classifier")  # transformers' head on decoders / encoders

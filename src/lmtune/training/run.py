@@ -33,6 +33,7 @@ from lmtune.training.auto_compile import compiled_from_step
 from lmtune.training.checkpoint import CHECKPOINT_CONFIG, checkpoint_step, clear_staging, latest_checkpoint, resume_checkpoint
 from lmtune.training.fit import Fitted, fit
 from lmtune.training.interrupt import RunInterrupted, StopRequest
+from lmtune.training.learned import not_learned
 from lmtune.training.prepare import Prepared, prepare, read_data
 from lmtune.training.reporters import ConsoleReporter, EventLog, Reporters
 
@@ -203,7 +204,7 @@ def _train(cfg: Config, run: RunDir, splits: dict, checkpoint: Optional[Path], r
             write_plot(run)
         raise RunInterrupted(stop.reason, step, saved_at)
     if main:
-        summarise(prep, run, metrics, reporter)
+        summarise(prep, run, metrics, reporter, trainer.state.log_history)
     return RunResult(metrics, prep.model, prep.tokenizer, run.path, run)
 
 
@@ -232,7 +233,7 @@ def train_metrics(prep: Prepared, fitted: Fitted, checkpoint: Optional[Path]) ->
     }
 
 
-def summarise(prep: Prepared, run: RunDir, metrics: dict, reporter: Reporters) -> None:
+def summarise(prep: Prepared, run: RunDir, metrics: dict, reporter: Reporters, log_history: list[dict]) -> None:
     """The end of a run: the final evaluation, the weights, metrics.json, loss.png, "finished"."""
     cfg = prep.cfg
     if prep.eval_data is not None:
@@ -240,6 +241,11 @@ def summarise(prep: Prepared, run: RunDir, metrics: dict, reporter: Reporters) -
         metrics["final"] = prep.task.evaluate(prep.model, prep.eval_data, cfg.train.eval_batch_size, prep.precision)
         reporter.emit({"event": "evaluated", "when": "final", "step": metrics["train"]["steps"], "metrics": metrics["final"]})
         prep.task.write_artifacts(run.path)
+        column = prep.task.class_column
+        if column and column in prep.eval_data.column_names:
+            warning = not_learned(metrics["final"], list(prep.eval_data[column]), log_history)
+            if warning:  # printed under the run's table (report.print_run_summary) and kept in metrics.json
+                metrics["warnings"] = [warning]
     reporter.emit({"event": "phase", "name": "saving"})
     saved = run.save_weights(prep.model, prep.tokenizer)
     metrics["saved"] = {"path": str(saved), "size_mb": round(dir_size_mb(saved), 2)}
