@@ -10,8 +10,8 @@ from pydantic import Field
 
 from lmtune.errors import ConfigError
 from lmtune.methods import Method, PlanFacts, register_method
-from lmtune.methods.peft_common import check_target_modules, linear_module_names, lora_targets, task_type_of, wrap
-from lmtune.model.blocks import named_blocks
+from lmtune.methods.peft_common import check_target_modules, lora_targets, task_type_of, wrap
+from lmtune.model.blocks import named_transformer_blocks
 from lmtune.sections import Section
 
 
@@ -50,23 +50,16 @@ def lora_config(options, use_dora: bool, task_type: str, target_modules=None, la
 
 def apply_lora(model, options, tokenizer, added, use_dora: bool = False):
     check_target_modules(model, options.target_modules)
-    targets = lora_targets(model, options.target_modules, added.heads)
-    layers = (None, None)
-    if options.last_layers:
-        layers = last_blocks(model, options.last_layers)
-        if targets == "all-linear":  # peft takes layers_to_transform with a list of names only
-            targets = [n for n in linear_module_names(model) if n not in added.heads]
+    # peft takes layers_to_transform with a list of module names only
+    targets = lora_targets(model, options.target_modules, added.heads, names=bool(options.last_layers))
+    layers = last_blocks(model, options.last_layers) if options.last_layers else (None, None)
     return wrap(model, lora_config(options, use_dora, task_type_of(model), targets, layers), added)
 
 
 def last_blocks(model, count: int) -> tuple[list[int], str]:
     """peft's layers_to_transform and layers_pattern for the last `count` blocks. Nothing below
     them trains, so autograd records nothing there and the backward pass ends at the lowest one."""
-    try:
-        name, blocks = named_blocks(model)
-    except LookupError as e:
-        raise ConfigError(f"method.last_layers: cannot find the list of transformer blocks of {e}; "
-                          "leave last_layers unset") from None
+    name, blocks = named_transformer_blocks(model, "method.last_layers", "; leave last_layers unset")
     if count > len(blocks):
         raise ConfigError(f"method.last_layers: {count} > the model's {len(blocks)} blocks")
     return list(range(len(blocks) - count, len(blocks))), name.rsplit(".", 1)[-1]

@@ -50,10 +50,11 @@ def task_type_of(model) -> str:
     return "CAUSAL_LM"
 
 
-def lora_targets(model, target_modules, heads: tuple[str, ...]):
+def lora_targets(model, target_modules, heads: tuple[str, ...], names: bool = False):
     """peft's "all-linear" may put LoRA on a classification head (a Linear too), which then cannot
-    be trained whole; on classification models lmtune names the linear layers itself, heads left out."""
-    if target_modules != "all-linear" or task_type_of(model) == "CAUSAL_LM":
+    be trained whole; on classification models lmtune names the linear layers itself, heads left out.
+    `names`: "all-linear" as that list on any model (where peft needs a list)."""
+    if target_modules != "all-linear" or (task_type_of(model) == "CAUSAL_LM" and not names):
         return target_modules
     return [n for n in linear_module_names(model) if n not in heads]
 

@@ -19,9 +19,14 @@ def named_blocks(model) -> tuple[str, torch.nn.ModuleList]:
     raise LookupError(type(base).__name__)
 
 
-def transformer_blocks(model, who: str, remedy: str = "") -> torch.nn.ModuleList:
-    """The blocks, or a one-line error naming the setting (`who`) that needed them."""
+def named_transformer_blocks(model, who: str, remedy: str = "") -> tuple[str, torch.nn.ModuleList]:
+    """named_blocks, or a one-line error naming the setting (`who`) that needed them."""
     try:
-        return named_blocks(model)[1]
+        return named_blocks(model)
     except LookupError as e:
         raise ConfigError(f"{who}: cannot find the list of transformer blocks of {e}{remedy}") from None
+
+
+def transformer_blocks(model, who: str, remedy: str = "") -> torch.nn.ModuleList:
+    """The blocks, or a one-line error naming the setting (`who`) that needed them."""
+    return named_transformer_blocks(model, who, remedy)[1]
