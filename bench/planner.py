@@ -1,6 +1,6 @@
 """How close `lmtune plan` comes to real runs: predicted vs measured peak RSS and training time.
 
-    .venv/bin/python bench/planner.py [--methods full,lora,qlora,prompt_tuning] [--steps 6]
+    .venv/bin/python bench/planner.py [--methods full,lora,qlora,prompt_tuning] [--steps 6] [--set KEY=VALUE ...]
 
 SmolLM2 SFT on GSM8K rows (configs/gsm8k_sft_lora.yaml), for each method at batch 4 and 8 and
 max_length 128 and 256: the planner's prediction (in this process), then `lmtune train` on exactly
@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--batches", default="4,8")
     parser.add_argument("--lengths", default="128,256")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run, e.g. method.train_last_layers=10")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from lmtune.config import load_config
@@ -41,7 +43,7 @@ def main() -> None:
             for length in map(int, args.lengths.split(",")):
                 overrides = [f"method.name={method}", f"train.batch_size={batch}", f"data.max_length={length}",
                              f"data.max_samples={batch * args.steps}", "data.validation=null", "train.epochs=1",
-                             "train.zero_shot_eval=false", "train.logging_steps=1000", "train.warmup_ratio=0"]
+                             "train.zero_shot_eval=false", "train.logging_steps=1000", "train.warmup_ratio=0", *args.set]
                 with redirect_stdout(io.StringIO()):
                     predicted = plan(load_config(ROOT / CONFIG, overrides))[0]
                 with tempfile.TemporaryDirectory() as tmp:

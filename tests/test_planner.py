@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 from lmtune.cli import main
 from lmtune.config import load_config
 from lmtune.plan.command import plan
-from lmtune.plan.estimate import GB, NF4_BYTES, Batch, backward_share, flops_per_step
+from lmtune.plan.estimate import GB, NF4_BYTES, Batch, flops_per_step
 from lmtune.plan.shape import model_shape
 
 from conftest import SENTIMENT
@@ -202,8 +202,8 @@ def test_lora_on_the_last_layers_keeps_and_computes_below_them_nothing(tiny_llam
     assert last.trainable == every.trainable // 4
     # forward through 32 blocks, backward through 8: 2 + 2/4 of the 4 units a LoRA step costs per parameter
     shape, batch = model_shape(config), Batch(1, 512, 512, 512)
-    flops = [flops_per_step(shape, "lora", p.trainable, batch, False, backward_share(shape, c.method))
-             for p, c in ((every, load_config(None, [])), (last, load_config(None, ["method.last_layers=8"])))]
+    assert (every.backward, last.backward) == (1.0, 0.25)
+    flops = [flops_per_step(shape, "lora", p.trainable, batch, False, p.backward) for p in (every, last)]
     assert flops[1] / flops[0] == pytest.approx(0.625, abs=0.03)
 
     base = [f"model.name={tiny_llama}", *SENTIMENT]
@@ -211,3 +211,25 @@ def test_lora_on_the_last_layers_keeps_and_computes_below_them_nothing(tiny_llam
     assert 0 < last.seconds_per_epoch < every.seconds_per_epoch
     timed = plan(load_config(None, [*base, "method.last_layers=1"]))[0]  # times one adapted block of the two
     assert timed.seconds_per_epoch > 0
+
+
+@pytest.mark.parametrize("method, backward", [
+    (["method.name=freeze", "method.train_last_layers=8"], 0.25),  # blocks 24-31 train
+    (["method.name=freeze", "method.train_last_layers=0", "method.train_patterns=[lm_head*]"], 0.0),  # untied head only
+    (["method.name=freeze", "method.train_last_layers=8", "method.train_patterns=['*norm*']"], 1.0),  # block 0's norms
+    (["method.name=freeze", "method.train_last_layers=0", "method.train_patterns=['*embed_tokens*']"], 1.0),
+    (["method.name=prompt_tuning"], 1.0),  # virtual tokens enter below every block
+    (["method.name=ia3"], 1.0),
+    (["method.name=full"], 1.0),
+])
+def test_the_backward_pass_runs_from_the_lowest_trained_parameter_up(method, backward):
+    """Freeze's frozen lower blocks keep nothing and compute no gradient, like LoRA's `last_layers`:
+    the plan's activations and backward FLOPs count only the blocks from the lowest trained one up."""
+    config = LlamaConfig(**LLAMA3["8b"])
+    cfg = load_config(None, ["train.batch_size=1", "data.max_length=512", *method])
+    planned = plan(cfg, config=config, throughput=100_000, measure_rate=False)[0]
+    assert planned.backward == backward
+    if planned.method == "freeze":
+        full = plan(load_config(None, ["train.batch_size=1", "data.max_length=512", "method.name=full"]), config=config,
+                    throughput=100_000, measure_rate=False)[0]
+        assert planned.memory.activations == pytest.approx(full.memory.activations * backward)  # 7.2 units each

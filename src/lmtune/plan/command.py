@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from lmtune.config import Config, validate_config
 from lmtune.methods import METHODS
 from lmtune.tasks import TASKS, prompt_once
-from lmtune.plan.estimate import GB, Batch, Memory, backward_share, flops_per_step, memory
-from lmtune.plan.shape import ModelShape, model_shape, trainable_params
-from lmtune.plan.throughput import Rate, adamw_seconds_per_param, every_block
+from lmtune.plan.estimate import GB, Batch, Memory, flops_per_step, memory
+from lmtune.plan.shape import ModelShape, model_shape, trained
+from lmtune.plan.throughput import Rate, adamw_seconds_per_param, every_block, timed_with_method
 
 @dataclass
 class Plan:
@@ -22,6 +22,7 @@ class Plan:
     memory_checkpointed: Memory
     seconds_per_epoch: float | None
     steps_per_epoch: int
+    backward: float = 1.0  # the share of the blocks the backward pass runs through
 
 
 def available_memory(device: str) -> tuple[float, str]:
@@ -50,11 +51,11 @@ def batch_of(cfg: Config, stats: dict | None) -> Batch:
 
 def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int | None, rate: Rate | None,
                 device: str, precision: str, tokenizer=None) -> Plan:
-    trainable = trainable_params(config, cfg.method, tokenizer)
-    name = cfg.method.name
+    learns = trained(config, cfg.method, tokenizer)
+    trainable, name = learns.params, cfg.method.name
     kwargs = dict(precision=precision, optimizer=cfg.train.optimizer, device=device,
                   attention=cfg.model.attn_implementation or "sdpa", double_quant=getattr(cfg.method, "double_quant", True),
-                  lora_dropout=getattr(cfg.method, "dropout", 0.0), backward=backward_share(shape, cfg.method))
+                  lora_dropout=getattr(cfg.method, "dropout", 0.0), backward=learns.backward)
     plain = memory(shape, name, trainable, batch, checkpointing=False, **kwargs)
     checkpointed = memory(shape, name, trainable, batch, checkpointing=True, **kwargs)
     extra = task_extra_cost(cfg, shape, batch, precision)
@@ -72,7 +73,7 @@ def plan_method(config, shape: ModelShape, cfg: Config, batch: Batch, rows: int 
         optimizer_step = trainable * rate.optimizer_s_per_param
         seconds = t.epochs * steps * (t.grad_accum * micro + optimizer_step) + rate.first_step_s
         seconds += trainable * rate.optimizer_first_per_param
-    return Plan(name, shape.total_params, trainable, plain, checkpointed, seconds, steps)
+    return Plan(name, shape.total_params, trainable, plain, checkpointed, seconds, steps, learns.backward)
 
 
 @dataclass
@@ -215,9 +216,9 @@ def plan(cfg: Config, compare: bool = False, throughput: float | None = None, co
         from lmtune.plan.throughput import measure
 
         rate = measure(config, cfg, batch, precision, tokenizer)
-        # the timed step adapts every block (one timed block times the depth)
-        rate.step_flops = flops_per_step(shape, cfg.method.name, trainable_params(config, every_block(cfg.method), tokenizer),
-                                         batch, False)
+        # the timed step: every block adapted (one timed block times the depth), or every block frozen
+        timed = trained(config, every_block(cfg.method), tokenizer).params if timed_with_method(cfg.method.name) else 0
+        rate.step_flops = flops_per_step(shape, cfg.method.name, timed, batch, False)
     configs = [with_method(cfg, name) for name in METHODS.in_order()] if compare else [cfg]
     plans = [plan_method(config, shape, c, batch_of(c, stats), stats and stats["rows"], rate, device, precision, tokenizer)
              for c in configs]

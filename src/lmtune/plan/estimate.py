@@ -66,16 +66,9 @@ def weight_bytes(shape: ModelShape, method: str, trainable: int, precision: str,
     return (shape.total_params - trainable) * low + trainable * 4
 
 
-def backward_share(shape: ModelShape, method_options) -> float:
-    """The share of the blocks that the backward pass runs through. LoRA's `last_layers` adapts
-    the top blocks only; nothing below them needs a gradient, so they run forward and keep nothing."""
-    last = getattr(method_options, "last_layers", None)
-    return min(last, shape.layers) / shape.layers if last else 1.0
-
-
 def activation_bytes(shape: ModelShape, method: str, batch: Batch, attention: str, checkpointing: bool,
                      lora_dropout: float = 0.0, backward: float = 1.0) -> float:
-    """`backward`: the share of the blocks that keep anything for the backward pass (backward_share)."""
+    """`backward`: the share of the blocks that keep anything for the backward pass (shape.backward_share)."""
     facts = METHODS.get(method).plan
     units = facts.activation_units + (facts.dropout_units if lora_dropout > 0 else 0.0)
     length = batch.length + batch.virtual_tokens
@@ -105,7 +98,7 @@ def memory(shape: ModelShape, method: str, trainable: int, batch: Batch, *, prec
 def flops_per_step(shape: ModelShape, method: str, trainable: int, batch: Batch, checkpointing: bool,
                    backward: float = 1.0) -> float:
     """Forward 2N per computed token (padding included); backward 2N for the input gradients, plus 2N where weights train,
-    through the `backward` share of the blocks (backward_share). Attention adds about 6 x length x hidden per token and
+    through the `backward` share of the blocks (shape.backward_share). Attention adds about 6 x length x hidden per token and
     layer (2 forward, 4 backward); the LM head runs on targets only."""
     tokens = batch.size * batch.computed_length
     trained_block = shape.block_params if METHODS.get(method).plan.trains_base else min(trainable, shape.block_params)

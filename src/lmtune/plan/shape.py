@@ -77,9 +77,36 @@ def meta_buildable(method_cfg):
     return METHODS.get(stand_in).options(**{**method_cfg.model_dump(), "name": stand_in}) if stand_in else method_cfg
 
 
-def trainable_params(config, method_cfg, tokenizer=None) -> int:
-    """Parameters the method trains: the method applied to a meta-device model, as `lmtune train` applies it."""
+@dataclass
+class Trained:
+    params: int  # parameters the method trains
+    backward: float  # the share of the blocks the backward pass runs through (backward_share)
+
+
+def trained(config, method_cfg, tokenizer=None) -> Trained:
+    """What the method trains: the method applied to a meta-device model, as `lmtune train` applies it."""
     from lmtune.training.prepare import apply_method
 
     model = apply_method(meta_buildable(method_cfg), meta_model(config), tokenizer)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Trained(sum(p.numel() for p in model.parameters() if p.requires_grad), backward_share(model))
+
+
+def backward_share(model) -> float:
+    """The share of the blocks that the backward pass runs through: from the lowest block holding
+    a trained parameter up (freeze's last blocks, LoRA's `last_layers`); the blocks below run
+    forward only and keep nothing. A trained parameter outside the blocks feeds them from below
+    (input embeddings, a prompt encoder, an LM head tied to the embeddings) or cannot be placed:
+    every block then. An untied LM head alone needs none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = named_blocks(base)[1]
+    block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    head, embeddings = base.get_output_embeddings(), base.get_input_embeddings()
+    above = {id(p) for p in head.parameters()} if head is not None and head.weight is not embeddings.weight else set()
+    lowest = len(blocks)
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in above:
+            continue
+        if id(p) not in block_of:
+            return 1.0
+        lowest = min(lowest, block_of[id(p)])
+    return (len(blocks) - lowest) / len(blocks)

@@ -101,16 +101,25 @@ def _model(config, cfg, dtype: torch.dtype, tokenizer, blocks_only: bool):
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device())
     attend_as_trained(model, cfg.model.attn_implementation)
-    if method.plan.trains_base or (blocks_only and method.plan.adapts_blocks):
+    if method.plan.trains_base or (blocks_only and timed_with_method(cfg.method.name)):
         model = apply_method(every_block(cfg.method), model, tokenizer)  # as `lmtune train` applies it
     else:  # frozen: prompt methods and freeze in the blocks, the adapters' embeddings and head
         model.requires_grad_(False)
     return model.train()
 
 
+def timed_with_method(name: str) -> bool:
+    """Whether the timed block carries the method (its weights or adapters train) or runs frozen,
+    input gradients only (prompt methods; freeze, whose trained blocks are scaled to by FLOPs)."""
+    from lmtune.methods import METHODS
+
+    plan = METHODS.get(name).plan
+    return plan.trains_base or plan.adapts_blocks
+
+
 def every_block(method_options):
     """The method's options with every block adapted: the planner times one adapted block and
-    scales the depth that `last_layers` leaves to the backward pass by FLOPs (estimate.backward_share)."""
+    scales the depth that `last_layers` leaves to the backward pass by FLOPs (shape.backward_share)."""
     if getattr(method_options, "last_layers", None) is None:
         return method_options
     return method_options.model_copy(update={"last_layers": None})
