@@ -1,10 +1,10 @@
 """Tokens/s with and without packing, on the Alpaca demo data with SmolLM2 (LoRA), in one run.
 
-    .venv/bin/python bench/packing.py [--steps 12] [--batch-size 8] [--max-length 512]
+    .venv/bin/python bench/packing.py [--steps 12] [--batch-size 8] [--max-length 512] [--config configs/gsm8k_sft_lora.yaml]
 
 Each variant runs the real `lmtune train` path (Trainer, LoRA r=16 on all linear layers, bf16
 where the CPU has it) for the same number of steps on the same rows, and reports real
-(non-padding) tokens per second. Results and the command go to docs/benchmarks.md.
+(non-padding) tokens per second. `--config`: another SFT config's data (its first steps x batch rows). Results and the command go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -35,23 +35,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--config", help="take the data section from this config instead of alpaca_en_demo")
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="which of them, separated by semicolons")
     args = parser.parse_args()
+    data = ["data.validation=null"] if args.config else [
+        f"data.train={ROOT / 'examples/data/alpaca_en_demo/alpaca_en_demo.json'}", "data.format=instruction"]
     common = [
-        "model.name=smollm2-135m-instruct", "method.name=lora", "method.r=16", "method.alpha=32", "method.dropout=0",
-        f"data.train={ROOT / 'examples/data/alpaca_en_demo/alpaca_en_demo.json'}", "data.format=instruction",
+        "model.name=smollm2-135m-instruct", "method.name=lora", "method.r=16", "method.alpha=32", "method.dropout=0", *data,
         f"data.max_length={args.max_length}", f"data.max_samples={args.steps * args.batch_size}",
         "task.name=sft", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
         "train.zero_shot_eval=false", "train.logging_steps=1000",
     ]
     rows = []
-    for name, (overrides, by_example) in VARIANTS.items():
+    for name in args.variants.split(";"):
+        overrides, by_example = VARIANTS[name]
         loading_module.use_packed_attention = use_packed_attention if by_example else (lambda model: False)
         with tempfile.TemporaryDirectory() as out:
-            t = train(load_config(None, common + overrides + [f"output.dir={out}/run"])).metrics["train"]
+            t = train(load_config(args.config, common + overrides + [f"output.dir={out}/run"])).metrics["train"]
         rows.append((name, t["tokens"], t["runtime_s"], t["tokens_per_s"]))
     base = rows[0][3]
-    print(f"\nSmolLM2-135M LoRA SFT, alpaca_en_demo, {args.steps} steps x {args.batch_size} rows, max_length {args.max_length}")
-    print("| batching | real tokens | train time (s) | real tokens/s | vs padded random |")
+    print(f"\nSmolLM2-135M LoRA SFT, {args.config or 'alpaca_en_demo'}, {args.steps} steps x {args.batch_size} rows, max_length {args.max_length}")
+    print(f"| batching | real tokens | train time (s) | real tokens/s | vs {rows[0][0]} |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, tokens, runtime, tps in rows:
         print(f"| {name} | {tokens:,} | {runtime:.1f} | {tps:,.0f} | {tps / base:.2f}x |")
