@@ -9,7 +9,14 @@ that `import lmtune` stays cheap:
     print(run.status().state, lmtune.evaluate(run))
 """
 
+import logging
+
 from lmtune.version import __version__  # noqa: F401
+
+# bitsandbytes (imported with transformers' Trainer and peft) tries to fetch an optional CPU kernel
+# from a hub and warns when it cannot; its built-in kernels are used instead, so the warning only
+# adds noise, to the command line and to the Python API alike.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # Every call of lmtune/api.py but `plan` and `export`, whose names are lmtune's subpackages (use lmtune.api.plan).
 API = ("load_config", "train", "open_run", "runs", "evaluate", "generate", "generate_file", "chat", "merge",

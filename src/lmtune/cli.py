@@ -5,23 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import shlex
 import signal
 import sys
 import warnings
 
-# bitsandbytes (imported with transformers' Trainer) tries to fetch an optional CPU kernel from a hub
-# and warns when it cannot; its built-in kernels are used instead, so the warning only adds noise.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-from lmtune import api  # noqa: E402
-from lmtune.atomic import refuse_existing, write_text_atomic  # noqa: E402
-from lmtune.errors import ConfigError, LmtuneError  # noqa: E402
-from lmtune.export.gguf_tensors import QUANTS as GGUF_QUANTS  # noqa: E402
-from lmtune.export.k_quants import K_QUANTS  # noqa: E402
-from lmtune.generation import SamplingParams as SamplingDefaults  # noqa: E402
+from lmtune import api
+from lmtune.atomic import refuse_existing, write_text_atomic
+from lmtune.errors import ConfigError, LmtuneError
+from lmtune.export.gguf_tensors import QUANTS as GGUF_QUANTS
+from lmtune.export.k_quants import K_QUANTS
+from lmtune.generation import SamplingParams as SamplingDefaults
 
 
 def cmd_train(args) -> None:

@@ -98,7 +98,10 @@ def backward_share(model) -> float:
     (input embeddings, a prompt encoder, an LM head tied to the embeddings) or cannot be placed:
     every block then. An untied LM head alone needs none."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = named_blocks(base)[1]
+    try:
+        blocks = named_blocks(base)[1]
+    except LookupError:  # blocks the planner cannot find: assume the whole depth
+        return 1.0
     block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
     head, embeddings = base.get_output_embeddings(), base.get_input_embeddings()
     above = {id(p) for p in head.parameters()} if head is not None and head.weight is not embeddings.weight else set()
