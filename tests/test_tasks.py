@@ -272,3 +272,19 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_llama, tiny_be
         train(cfg)
     with pytest.raises(ConfigError, match="distill works with tasks"):
         load_config(None, ["task.name=regression", "data.format=regression", "distill={teacher: x}"])
+
+
+def test_a_teacher_that_is_not_there_fails_before_the_student_loads(tmp_path, tiny_llama, monkeypatch):
+    """`runs/sentiment_lora` before that run exists: a missing path under a local directory, not
+    a hub id to fetch, and said before the student's model loads."""
+    import lmtune.training.prepare as prepare_module
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    loaded = []
+    monkeypatch.setattr(prepare_module, "load_for_training", lambda *a, **k: loaded.append(1))
+    cfg = load_config(None, [f"model.name={tiny_llama}", f"output.dir={tmp_path / 'run'}", *DISTILL,
+                             "distill={teacher: runs/sentiment_lora}"])
+    with pytest.raises(ConfigError, match=r"distill.teacher: runs/sentiment_lora does not exist \(runs/ is a local directory"):
+        train(cfg)
+    assert not loaded

@@ -175,6 +175,15 @@ def load_tokenizer_of(cfg: Config):
     return load_tokenizer(resolve_model_path(cfg.model), cfg.model)
 
 
+def teacher_path(d) -> str:
+    """Where distillation's teacher loads from (`d`: the distill section): an lmtune run's saved
+    weights, or a model; a path that does not exist is an error before anything loads."""
+    run = RunDir(d.teacher)
+    if run.is_run():
+        return str(run.weights_dir() or d.teacher)
+    return resolve_model_path(ModelConfig(name=d.teacher), key="distill.teacher")
+
+
 def load_teacher(cfg: Config, task, student_tokenizer, precision: str):
     """Distillation's teacher in eval mode on the device: an lmtune run directory, or a model name
     loaded in the task's model class. Its tokenizer is compared with the student's first."""
@@ -182,9 +191,8 @@ def load_teacher(cfg: Config, task, student_tokenizer, precision: str):
     dtype = hardware.DTYPES[d.teacher_dtype if d.teacher_dtype != "auto" else precision]
     run = RunDir(d.teacher)
     model_cfg = ModelConfig(name=d.teacher)
-    saved = run.weights_dir() if run.is_run() else None
-    path = str(saved) if saved else (d.teacher if run.is_run() else resolve_model_path(model_cfg))
-    if load_tokenizer(path, model_cfg).get_vocab() != student_tokenizer.get_vocab():
+    path = teacher_path(d)
+    if load_tokenizer(path, model_cfg, key="distill.teacher").get_vocab() != student_tokenizer.get_vocab():
         raise ConfigError(f"distill.teacher: {d.teacher} has another tokenizer than the student ({cfg.model.name}); "
                           "distillation compares their outputs token by token, so both must use the same one")
     if run.is_run():

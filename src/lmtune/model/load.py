@@ -17,8 +17,9 @@ from lmtune.errors import ConfigError
 from lmtune.model.builtin import BUILTIN_MODELS, builtin_path, converted_gguf_dir
 
 
-def resolve_model_path(cfg: ModelConfig) -> str:
-    """A local directory (or a hub id) that from_pretrained can load as plain safetensors."""
+def resolve_model_path(cfg: ModelConfig, key: str = "model.name") -> str:
+    """A local directory (or a hub id) that from_pretrained can load as plain safetensors. `key`:
+    the setting that named it, for the errors."""
     name = cfg.name
     if name in BUILTIN_MODELS:
         path = builtin_path(name)
@@ -33,25 +34,28 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         return str(converted_gguf_dir(gguf))
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ConfigError(f"model.name: {local} has no config.json; is it a Hugging Face model directory?")
+            raise ConfigError(f"{key}: {local} has no config.json; is it a Hugging Face model directory?")
         return str(local)
     if local.exists() or name.startswith((".", "/", "~")):
-        raise ConfigError(f"model.name: {name} is not a model directory or a .gguf file")
+        raise ConfigError(f"{key}: {name} is not a model directory or a .gguf file")
+    if len(local.parts) > 1 and Path(local.parts[0]).is_dir():
+        # `runs/sentiment_lora` with a local runs/: a path that is missing, not a hub id to fetch (and retry)
+        raise ConfigError(f"{key}: {name} does not exist ({local.parts[0]}/ is a local directory, so this is a path, not a hub id)")
     return name  # a hub id
 
 
-def load_tokenizer(path: str, cfg: ModelConfig):
+def load_tokenizer(path: str, cfg: ModelConfig, key: str = "model.name"):
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
-        raise ConfigError(f"model.name: cannot load a tokenizer for {cfg.name!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{key}: cannot load a tokenizer for {cfg.name!r}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         # Reuse an existing token: adding one would change the vocabulary and the embedding size.
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
-            raise ConfigError(f"model.name: the tokenizer of {cfg.name!r} has no pad, eos or unk token to pad with")
+            raise ConfigError(f"{key}: the tokenizer of {cfg.name!r} has no pad, eos or unk token to pad with")
         tokenizer.pad_token = fallback
     return tokenizer
 

@@ -78,6 +78,10 @@ def prepare(cfg: Config, splits: Optional[dict[str, Split]] = None, *, precision
     one process of a distributed run fill the tokenised-data cache before the others read it."""
     precision = precision or resolve_precision(cfg.train.precision)
     splits = splits if splits is not None else read_data(cfg)
+    if cfg.distill:  # a teacher that is not there fails now, not after the student has loaded
+        from lmtune.loading import teacher_path
+
+        teacher_path(cfg.distill)
     loaded = load_for_training(cfg, precision)
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
     if not task.reference_precomputed(cfg):
