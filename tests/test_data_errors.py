@@ -1,6 +1,7 @@
 """Bad rows give a DataError naming file, line and field; on_bad_rows: skip counts them instead."""
 
 import json
+import re
 
 import pytest
 
@@ -61,6 +62,7 @@ def test_bad_instruction_rows(tmp_path):
         ([], r"field 'messages' is empty"),
         ([{"role": "user", "content": "hi"}], r"ends on a user turn"),
         ([{"role": "robot", "content": "hi"}], r"messages\[0\]: unknown role 'robot'"),
+        ([{"role": "user", "content": "hi"}, {"content": "x"}], r"messages\[1\]: has no role; use one of"),
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}], r"messages\[1\]: content must be"),
         ([{"role": "assistant", "content": "hi"}], r"assistant turn before any user turn"),
     ],
@@ -76,6 +78,11 @@ def test_skip_counts_bad_rows(tmp_path):
     examples, skipped = load_examples(str(path), cfg.data)
     assert skipped == 2
     assert [e["label"] for e in examples] == [0, 1]
+    # every row bad: "no usable rows" says how many were skipped and why the first was
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "", "label": 1}, "not json"])
+    with pytest.raises(DataError, match=r"bad.jsonl: no usable rows; all 2 were bad and skipped \(data.on_bad_rows: skip\), "
+                                        r"the first: .*bad.jsonl:1: "):
+        load_examples(str(bad), cfg.data)
 
 
 def test_csv_rows_name_their_line(tmp_path):
@@ -98,10 +105,13 @@ def test_json_list_and_parquet_are_read(tmp_path):
     assert examples[1]["messages"][0]["content"] == "c\n\nd"
 
 
-def test_missing_file_and_unknown_type(tmp_path):
+def test_missing_file_and_unknown_type(tmp_path, monkeypatch):
     cfg = load_config(None, ["data.format=instruction"]).data
-    with pytest.raises(DataError, match="data file not found"):
+    with pytest.raises(DataError, match="data file not found$"):
         load_examples(str(tmp_path / "nope.jsonl"), cfg)
+    monkeypatch.chdir(tmp_path)  # a config's relative path, run from another directory: say where it looked
+    with pytest.raises(DataError, match=re.escape(f"data/nope.jsonl: data file not found (relative paths are read from the current directory, {tmp_path})")):
+        load_examples("data/nope.jsonl", cfg)
     (tmp_path / "d.xml").write_text("<x/>")
     with pytest.raises(DataError, match="unsupported file type"):
         load_examples(str(tmp_path / "d.xml"), cfg)

@@ -50,3 +50,17 @@ def test_demo_config_resumed_inside_the_second_epoch_ends_with_the_same_adapter(
     opt_a = torch.load(whole / "checkpoints" / "checkpoint-10" / "optimizer.pt", weights_only=True)["state"]
     opt_b = torch.load(cut / "checkpoints" / "checkpoint-10" / "optimizer.pt", weights_only=True)["state"]
     assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
+
+
+def test_a_name_close_to_a_builtin_model_is_pointed_at_it(tmp_path, monkeypatch):
+    """A typo of a built-in alias would go to the hub; the error then names the built-in model, and
+    a missing path under a local directory is said to be missing without asking the hub at all."""
+    from lmtune.errors import ConfigError
+    from lmtune.model.load import builtin_hint
+
+    assert builtin_hint("smollm2-135m") == "; did you mean the built-in 'smollm2-135m-instruct'?"
+    assert builtin_hint("Qwen/Qwen2.5-0.5B") == ""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match=r"model.name: runs/x does not exist \(runs/ is a local directory"):
+        resolve_model_path(ModelConfig(name="runs/x"))

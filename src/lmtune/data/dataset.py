@@ -49,14 +49,17 @@ class SplitInfo:
 
 def load_examples(spec: str, cfg: DataConfig) -> tuple[list[dict], int]:
     """Read and check every row of a source. Returns the examples and the count of bad rows skipped."""
-    examples, skipped = [], 0
+    examples, skipped, first_bad = [], 0, None
     for ex in iter_examples(spec, cfg):
         if isinstance(ex, DataError):
             skipped += 1
+            first_bad = first_bad or ex
         else:
             examples.append(ex)
     if not examples:
-        raise DataError(f"{spec}: no usable rows")
+        # every row skipped as bad (on_bad_rows: skip): the first one's reason says what to fix
+        why = f"; all {skipped} were bad and skipped (data.on_bad_rows: skip), the first: {first_bad}" if skipped else ""
+        raise DataError(f"{spec}: no usable rows{why}")
     return examples, skipped
 
 

@@ -249,7 +249,8 @@ def check_conversation(turns: list[dict[str, Any]], loc: str, name: str) -> list
         where = f"{loc}: {name}[{i}]"
         role, content = turn["role"], turn["content"]
         if role not in ROLES:
-            raise DataError(f"{where}: unknown role {role!r}; use one of {', '.join(ROLES)}")
+            said = "has no role" if role is None else f"unknown role {role!r}"
+            raise DataError(f"{where}: {said}; use one of {', '.join(ROLES)}")
         if role == "system" and i != 0:
             raise DataError(f"{where}: a system turn may only come first")
         calls_tools = role == "assistant" and turn.get("tool_calls")

@@ -46,7 +46,8 @@ def resolve_files(spec: str) -> list[Path] | None:
             raise DataError(f"{spec}: the pattern matches no file")
         return files
     if spec.startswith((".", "/", "~")) or not _HUB_NAME.match(spec) or Path(spec).suffix.lower() in SUFFIXES:
-        raise DataError(f"{spec}: data file not found")
+        where = "" if p.is_absolute() else f" (relative paths are read from the current directory, {Path.cwd()})"
+        raise DataError(f"{spec}: data file not found{where}")
     return None
 
 

@@ -44,13 +44,21 @@ def resolve_model_path(cfg: ModelConfig, key: str = "model.name") -> str:
     return name  # a hub id
 
 
+def builtin_hint(name: str) -> str:
+    """'; did you mean ...?' when a name that failed to load is close to a built-in model's."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), BUILTIN_MODELS, n=1, cutoff=0.7)
+    return f"; did you mean the built-in {close[0]!r}?" if close else ""
+
+
 def load_tokenizer(path: str, cfg: ModelConfig, key: str = "model.name"):
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
-        raise ConfigError(f"{key}: cannot load a tokenizer for {cfg.name!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{key}: cannot load a tokenizer for {cfg.name!r}: {str(e).splitlines()[0]}{builtin_hint(cfg.name)}") from None
     if tokenizer.pad_token is None:
         # Reuse an existing token: adding one would change the vocabulary and the embedding size.
         fallback = tokenizer.eos_token or tokenizer.unk_token
@@ -97,7 +105,7 @@ def load_model(path: str, cfg: ModelConfig, dtype: torch.dtype, quantization_con
             output_loading_info=True,
         )
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"model.name: cannot load {cfg.name!r}: {str(e).splitlines()[0]}{builtin_hint(cfg.name)}") from None
     if strict and info.get("missing_keys"):
         missing = sorted(info["missing_keys"])
         raise ConfigError(f"{path}: the saved model lacks {len(missing)} weights (such as {missing[0]}); "
