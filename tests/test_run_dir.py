@@ -181,3 +181,18 @@ def test_lmtune_config_lists_every_key_from_the_typed_sections(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "method.lora_plus_ratio" in capsys.readouterr().out
+
+
+def test_the_command_line_answers_help_runs_and_config_without_the_training_stack(tmp_path):
+    """`lmtune --help` imports no torch, `lmtune runs` and `lmtune config` no transformers or peft:
+    the seconds those take are paid by the commands that load a model."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, contextlib, io\nfrom lmtune.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    loaded = {args[0]: subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True).stdout.strip()
+              for args in (["--help"], ["runs", str(tmp_path)], ["config", "train"])}
+    assert loaded == {"--help": "[]", "runs": "['torch']", "config": "['torch']"}

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from lmtune.config import Config
 from lmtune.config import load_config as _load_config
-from lmtune.run_dir import RunDir, runs_under
+from lmtune.run_dir import RunDir, run_summaries
 from lmtune.training.interrupt import RunInterrupted, StopRequest  # noqa: F401  (part of the API)
 from lmtune.training.run import RunResult
 from lmtune.training.run import train as _train
@@ -47,7 +47,7 @@ def open_run(path: str | Path) -> RunDir:
 
 def runs(directory: str | Path = "runs") -> list[dict]:
     """One summary per run directory under `directory` (state, task, method, model, metrics), newest first."""
-    return sorted((r.summary() for r in runs_under(directory)), key=lambda s: s["updated"] or 0, reverse=True)
+    return run_summaries(directory)
 
 
 def evaluate(run: str | Path | RunDir, data: Optional[str] = None, generations: Optional[str] = None,

@@ -11,12 +11,27 @@ import signal
 import sys
 import warnings
 
-from lmtune import api
 from lmtune.atomic import refuse_existing, write_text_atomic
 from lmtune.errors import ConfigError, LmtuneError
 from lmtune.export.gguf_tensors import QUANTS as GGUF_QUANTS
 from lmtune.export.k_quants import K_QUANTS
-from lmtune.generation import SamplingParams as SamplingDefaults
+from lmtune.sampling import SamplingParams as SamplingDefaults
+
+
+class _Api:
+    """lmtune.api, imported on first use: `lmtune --help`, `lmtune runs` and `lmtune config` need
+    neither transformers nor peft, whose import takes seconds."""
+
+    def __getattr__(self, name: str):
+        import transformers
+
+        from lmtune import api as module
+
+        transformers.utils.logging.disable_progress_bar()  # the weight-loading bars; training keeps its own
+        return getattr(module, name)
+
+
+api = _Api()
 
 
 def cmd_train(args) -> None:
@@ -109,13 +124,16 @@ def cmd_data(args) -> None:
 
 
 def cmd_config(args) -> None:
-    print(api.describe_config(args.section), end="")
+    from lmtune.config_help import describe
+
+    print(describe(args.section), end="")
 
 
 def cmd_runs(args) -> None:
     from lmtune.report import print_runs
+    from lmtune.run_dir import run_summaries
 
-    print_runs(api.runs(args.directory))
+    print_runs(run_summaries(args.directory))
 
 
 def cmd_eval(args) -> None:
@@ -216,14 +234,25 @@ def cmd_export(args) -> None:
     print(f"lmtune: exported a self-contained model to {out} (weights, tokenizer, generation config, README.md)")
 
 
+def with_config_keys(parser: argparse.ArgumentParser) -> None:
+    """`lmtune train --help` ends with every config key; generated when asked for, since the keys
+    come from the method and task classes, which import torch."""
+    plain = parser.format_help
+
+    def format_help() -> str:
+        return (plain() + "\nconfig keys (override any with key.sub=value; `lmtune config SECTION` shows one section):\n\n"
+                + api.describe_config())
+
+    parser.format_help = format_help
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description="Fine-tune language models from a YAML config.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from CONFIG.yaml, with key.sub=value overrides",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="config keys (override any with key.sub=value; `lmtune config SECTION` shows one section):\n\n"
-                              + api.describe_config())
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    with_config_keys(p)
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=1e-4 data.max_samples=500")
     p.add_argument("--output-dir", help="where to write the run (same as output.dir=...)")
@@ -358,9 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers 5 renames arguments across minor versions; its deprecation notices are not the user's to act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # the weight-loading bars; training keeps its own
     try:
         args.func(args)
     except Interrupted as e:

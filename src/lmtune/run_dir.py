@@ -417,3 +417,8 @@ def runs_under(directory: str | Path) -> list[RunDir]:
     """Every run directory (one with config.yaml) directly under `directory`, by name."""
     root = Path(directory)
     return [RunDir(p) for p in sorted(root.iterdir()) if (p / RunDir.CONFIG).is_file()] if root.is_dir() else []
+
+
+def run_summaries(directory: str | Path) -> list[dict]:
+    """One summary per run directory under `directory` (state, task, method, model, metrics), newest first."""
+    return sorted((r.summary() for r in runs_under(directory)), key=lambda s: s["updated"] or 0, reverse=True)
