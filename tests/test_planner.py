@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from rich.console import Console
 from transformers import LlamaConfig
 
 from lmtune.cli import main
@@ -131,6 +132,10 @@ def test_the_plan_counts_padding(tmp_path, tiny_llama):
     assert stats[False]["padded"] > 1.5 * stats[False]["mean"]
     assert stats[True]["padded"] < stats[False]["padded"]
     assert batch_of(load_config(None, base), stats[False]).computed_length == stats[False]["padded"]
+    console = Console(record=True, width=400)
+    plan(load_config(None, [*base, "train.group_by_length=false"]), throughput=10, tokenizer=tokenizer, console=console)
+    said = f"computed at {stats[False]['padded']:.0f} per row (padding included, batches in random order"
+    assert said in console.export_text()
 
 
 def test_plan_says_when_other_processes_took_the_cpus_while_it_timed():

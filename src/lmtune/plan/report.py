@@ -36,7 +36,8 @@ def print_plans(plans, cfg, shape, batch, stats, rate, device, precision, consol
 
     available, where = available_memory(device)
     data = (f"{stats['rows']:,} rows, mean {stats['mean']:.0f} / longest {stats['max']} tokens, "
-            f"{stats['targets']:.1f} targets per row" if stats else f"no data: rows of {batch.length} tokens assumed")
+            f"{stats['targets']:.1f} targets per row; computed at {stats['padded']:.0f} per row {batching(cfg)}"
+            if stats else f"no data: rows of {batch.length} tokens assumed")
     console.print(f"lmtune plan: {cfg.model.name}: {shape.total_params / 1e6:,.1f}M parameters, {shape.layers} blocks; "
                   f"batch {cfg.train.batch_size} x accumulation {cfg.train.grad_accum}, {precision}, {device}")
     console.print(f"data: {data}")
@@ -66,3 +67,11 @@ def print_plans(plans, cfg, shape, batch, stats, rate, device, precision, consol
         console.print("does not fit; what would:")
         for tip in suggestions(plans[0], cfg, shape, batch, available, device, precision):
             console.print(f"  - {tip}")
+
+
+def batching(cfg) -> str:
+    """How the run's batches are made, which sets the tokens a row is computed at (plan/batching.py)."""
+    if cfg.data.packing:
+        return "(packed: no padding)"
+    order = "grouped by length" if cfg.train.group_by_length else "in random order"
+    return f"(padding included, batches {order}, a batch's common prompt once where it has one)"
