@@ -135,7 +135,16 @@ def test_the_plan_counts_padding(tmp_path, tiny_llama):
     console = Console(record=True, width=400)
     plan(load_config(None, [*base, "train.group_by_length=false"]), throughput=10, tokenizer=tokenizer, console=console)
     said = f"computed at {stats[False]['padded']:.0f} per row (padding included, batches in random order"
-    assert said in console.export_text()
+    text = console.export_text()
+    assert said in text
+    # that much padding (rows of 3 and 51 tokens in random batches): packing is suggested, not when grouped
+    assert f"padding makes each row computed at {stats[False]['padded'] / stats[False]['mean']:.2f}x" in text
+    from lmtune.plan.report import packing_tip
+
+    random_order = load_config(None, [*base, "train.group_by_length=false"])
+    assert packing_tip(random_order, {**stats[False], "padded": 1.1 * stats[False]["mean"]}) is None  # little padding
+    assert packing_tip(load_config(None, [*base, "data.packing=true"]), stats[False]) is None
+    assert packing_tip(load_config(None, [*base, "method.name=prompt_tuning"]), stats[False]) is None
 
 
 def test_plan_says_when_other_processes_took_the_cpus_while_it_timed():

@@ -58,6 +58,9 @@ def print_plans(plans, cfg, shape, batch, stats, rate, device, precision, consol
     growth = heap_growth_note(device, stats, plans[0].steps_per_epoch)
     if growth:
         console.print(f"memory: {growth}")
+    packing = packing_tip(cfg, stats)
+    if packing:
+        console.print(f"batches: {packing}")
     if rate is not None:
         console.print(f"time: {rate.flops_per_s / 1e9:,.0f} GFLOP/s, {rate.how}; {plans[0].steps_per_epoch:,} optimizer steps per epoch")
         warning = busy_warning(rate.busy)
@@ -67,6 +70,28 @@ def print_plans(plans, cfg, shape, batch, stats, rate, device, precision, consol
         console.print("does not fit; what would:")
         for tip in suggestions(plans[0], cfg, shape, batch, available, device, precision):
             console.print(f"  - {tip}")
+
+
+# Packing computes the real tokens only, at 1.0-1.3x grouping's cost per token computed: measured
+# 1.39-1.45x faster where grouping computed 1.42-1.57x the real tokens, no faster at 1.22 and slower
+# at 1.08 (docs/benchmarks.md, Packing).
+PACKING_PAYS = 1.35
+
+
+def packing_tip(cfg, stats: dict | None) -> str | None:
+    """Advice to pack when padding makes the batches compute far more than the real tokens and the
+    task and method can be packed."""
+    from lmtune.methods import METHODS
+    from lmtune.tasks import TASKS
+
+    if not stats or cfg.data.packing or not TASKS.get(cfg.task.name).can_pack \
+            or METHODS.get(cfg.method.name).virtual_tokens != "none":
+        return None
+    ratio = stats["padded"] / max(stats["mean"], 1)
+    if ratio < PACKING_PAYS:
+        return None
+    return (f"padding makes each row computed at {ratio:.2f}x its real tokens; data.packing=true computes only those "
+            f"(1.4x faster at such a gap here: docs/benchmarks.md)")
 
 
 def batching(cfg) -> str:
