@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lmtune.config import validate_config
+from lmtune.errors import ConfigError
 from lmtune.plan.busy import busy_warning
 from lmtune.plan.estimate import GB
 from lmtune.report import console as default_console
@@ -80,18 +82,25 @@ PACKING_PAYS = 1.35
 
 def packing_tip(cfg, stats: dict | None) -> str | None:
     """Advice to pack when padding makes the batches compute far more than the real tokens and the
-    task and method can be packed."""
-    from lmtune.methods import METHODS
-    from lmtune.tasks import TASKS
-
-    if not stats or cfg.data.packing or not TASKS.get(cfg.task.name).can_pack \
-            or METHODS.get(cfg.method.name).virtual_tokens != "none":
+    config's own checks accept packing (the task's, the method's)."""
+    if not stats or cfg.data.packing:
         return None
     ratio = stats["padded"] / max(stats["mean"], 1)
-    if ratio < PACKING_PAYS:
+    if ratio < PACKING_PAYS or not packable(cfg):
         return None
     return (f"padding makes each row computed at {ratio:.2f}x its real tokens; data.packing=true computes only those "
             f"(1.4x faster at such a gap here: docs/benchmarks.md)")
+
+
+def packable(cfg) -> bool:
+    """Whether the same config with data.packing=true passes validation."""
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["packing"] = True
+    try:
+        validate_config(raw, "<packing>")
+    except ConfigError:
+        return False
+    return True
 
 
 def batching(cfg) -> str:
