@@ -177,3 +177,19 @@ def test_compiled_blocks_train_to_the_same_adapter_as_eager(tmp_path, tiny_llama
     for name in eager_weights:
         torch.testing.assert_close(compiled_weights[name], eager_weights[name], atol=1e-4, rtol=1e-3, msg=lambda m: name + m)
     assert compiled["final"]["loss"] == pytest.approx(eager["final"]["loss"], rel=1e-4)
+
+
+def test_eval_names_its_own_flag_for_bad_rows_and_counts_those_it_skips(tmp_path, tiny_llama, capsys):
+    """The run's data.on_bad_rows cannot be set from `lmtune eval`: its hint names --skip-bad-rows."""
+    out = tmp_path / "run"
+    assert cli("train", "--output-dir", out, f"model.name={tiny_llama}", *SENTIMENT, *FAST,
+               "train.zero_shot_eval=false") == 0
+    data = write_jsonl(tmp_path / "eval.jsonl", [{"text": "a fine film", "label": 1}, {"text": "dull", "label": 7},
+                                                 {"text": "a bore", "label": 0}])
+    capsys.readouterr()
+    assert cli("eval", out, "--data", data) == 2
+    err = capsys.readouterr().err
+    assert "eval.jsonl:2" in err and "pass --skip-bad-rows" in err and "on_bad_rows" not in err
+    assert cli("eval", out, "--data", data, "--skip-bad-rows") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 2 and report["skipped"] == 1 and "accuracy" in report

@@ -51,11 +51,12 @@ def runs(directory: str | Path = "runs") -> list[dict]:
 
 
 def evaluate(run: str | Path | RunDir, data: Optional[str] = None, generations: Optional[str] = None,
-             max_generations: int = 50, max_new_tokens: int = 256) -> dict:
-    """The task's metrics on the run's validation split or on `data`; for SFT, generations too."""
+             max_generations: int = 50, max_new_tokens: int = 256, skip_bad_rows: bool = False) -> dict:
+    """The task's metrics on the run's validation split or on `data`; for SFT, generations too.
+    `skip_bad_rows` skips rows that fail the checks and counts them (report["skipped"])."""
     from lmtune.eval.evaluate import evaluate_run
 
-    return evaluate_run(run, data, generations, max_generations, max_new_tokens)
+    return evaluate_run(run, data, generations, max_generations, max_new_tokens, skip_bad_rows)
 
 
 def generate(run: str | Path | RunDir, prompt: str | list[str], system: Optional[str] = None, **sampling) -> str | list[str]:

@@ -34,8 +34,19 @@ class _Api:
 api = _Api()
 
 
-def cmd_train(args) -> None:
+def split_config(args) -> list[str]:
+    """The overrides, with a first argument that is `key=value` rather than a file moved to them:
+    `lmtune train model.name=m data.train=f.jsonl` needs no config file."""
     overrides = list(args.overrides)
+    if args.config and "=" in args.config and not os.path.exists(args.config):
+        overrides.insert(0, args.config)
+        args.config = None
+    return overrides
+
+
+def cmd_train(args) -> None:
+    overrides = split_config(args)
+    given = len(overrides)
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
         overrides.append(args.resume)  # `--resume key=value`: the value was an override, not a path
         args.resume = "latest"
@@ -48,7 +59,8 @@ def cmd_train(args) -> None:
             api.train(cfg, resume=args.resume, stop=stop)
     except api.RunInterrupted as e:
         # The same command, to which --resume is added.
-        command = shlex.join(["lmtune", "train", args.config, "--output-dir", cfg.output.dir, *overrides[:len(args.overrides)]])
+        command = shlex.join(["lmtune", "train", *([args.config] if args.config else []), "--output-dir", cfg.output.dir,
+                              *overrides[:given]])
         raise Interrupted(f"{e}. Resume with: {command} --resume", 128 + signal.Signals[e.reason].value) from None
     finally:
         end_process_group()
@@ -101,10 +113,7 @@ def stop_on_signals(stop):
 
 
 def cmd_plan(args) -> None:
-    overrides = list(args.overrides)
-    if args.config and "=" in args.config and not os.path.exists(args.config):
-        overrides.insert(0, args.config)  # `lmtune plan --model m key=value`: no config file
-        args.config = None
+    overrides = split_config(args)  # `lmtune plan --model m key=value`: no config file
     for flag, key in (("model", "model.name"), ("method", "method.name"), ("batch_size", "train.batch_size"),
                       ("max_length", "data.max_length")):
         if getattr(args, flag) is not None:
@@ -120,7 +129,8 @@ def cmd_plot(args) -> None:
 
 
 def cmd_data(args) -> None:
-    api.preview_data(args.config, args.overrides, rows=args.rows)
+    overrides = split_config(args)
+    api.preview_data(args.config, overrides, rows=args.rows)
 
 
 def cmd_config(args) -> None:
@@ -138,7 +148,8 @@ def cmd_runs(args) -> None:
 
 def cmd_eval(args) -> None:
     refuse_existing(args.output, args.generations)
-    report = api.evaluate(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens)
+    report = api.evaluate(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens,
+                          args.skip_bad_rows)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
@@ -253,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from CONFIG.yaml, with key.sub=value overrides",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     with_config_keys(p)
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", nargs="?", help="YAML config file (or give every setting as key=value)")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=1e-4 data.max_samples=500")
     p.add_argument("--output-dir", help="where to write the run (same as output.dir=...)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
@@ -285,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("data", help="show counts, lengths and the first examples with their loss mask")
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", nargs="?", help="YAML config file (or give every setting as key=value)")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as data.max_length=256")
     p.add_argument("--rows", type=int, default=3, help="how many training rows to show")
     p.set_defaults(func=cmd_data)
@@ -297,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generations", help="sft: write the generated answers beside the references (JSONL)")
     p.add_argument("--max-generations", type=int, default=50, help="sft: answer this many rows (0: none)")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip rows that fail the checks and count them, instead of stopping")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="standard benchmarks (lm-evaluation-harness) on runs and base models, "

@@ -47,10 +47,14 @@ class SplitInfo:
     lengths: dict = field(default_factory=dict)  # min / mean / max tokens per row
 
 
-def load_examples(spec: str, cfg: DataConfig) -> tuple[list[dict], int]:
+# What a user sets to skip bad rows instead of stopping at the first; `lmtune eval` has its own flag.
+SKIP_HINT = "set data.on_bad_rows: skip"
+
+
+def load_examples(spec: str, cfg: DataConfig, skip_hint: str = SKIP_HINT) -> tuple[list[dict], int]:
     """Read and check every row of a source. Returns the examples and the count of bad rows skipped."""
     examples, skipped, first_bad = [], 0, None
-    for ex in iter_examples(spec, cfg):
+    for ex in iter_examples(spec, cfg, skip_hint):
         if isinstance(ex, DataError):
             skipped += 1
             first_bad = first_bad or ex
@@ -63,7 +67,7 @@ def load_examples(spec: str, cfg: DataConfig) -> tuple[list[dict], int]:
     return examples, skipped
 
 
-def iter_examples(spec: str, cfg: DataConfig):
+def iter_examples(spec: str, cfg: DataConfig, skip_hint: str = SKIP_HINT):
     """Examples one by one; a bad row raises (on_bad_rows: error) or comes as its DataError (skip)."""
     convert = FORMATS.get(cfg.format).convert
     for loc, row in read_rows(spec, cfg.txt_unit):
@@ -73,7 +77,7 @@ def iter_examples(spec: str, cfg: DataConfig):
             yield convert(row, loc, cfg)
         except DataError as e:
             if cfg.on_bad_rows == "error":
-                raise DataError(f"{e}\n(set data.on_bad_rows: skip to skip bad rows and count them)") from None
+                raise DataError(f"{e}\n({skip_hint} to skip bad rows and count them)") from None
             yield e
 
 
@@ -141,11 +145,11 @@ def read_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
     return splits
 
 
-def read_validation(cfg: DataConfig, seed: int) -> Optional[Split]:
+def read_validation(cfg: DataConfig, seed: int, skip_hint: str = SKIP_HINT) -> Optional[Split]:
     """The validation split alone (for evaluation): its own file is read without reading train;
     a split carved by val_size needs train. None when the config has no validation data."""
     if cfg.validation:
-        examples, skipped = load_examples(cfg.validation, cfg)
+        examples, skipped = load_examples(cfg.validation, cfg, skip_hint)
         return Split("validation", cfg.validation, sample(examples, cfg.max_eval_samples, seed), skipped)
     if cfg.val_size:
         return read_splits(cfg, seed)["validation"]

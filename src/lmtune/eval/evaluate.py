@@ -17,21 +17,25 @@ from lmtune.run_dir import RunDir
 
 
 def evaluate_run(run_dir: str | Path | RunDir, data: Optional[str] = None, generations: Optional[str] = None,
-                 max_generations: int = 50, max_new_tokens: int = 256) -> dict:
+                 max_generations: int = 50, max_new_tokens: int = 256, skip_bad_rows: bool = False) -> dict:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
     # The data is read and checked before the model is loaded: a bad row fails at once.
     saved = run.config()
+    if skip_bad_rows:
+        saved.data.on_bad_rows = "skip"
+    hint = "pass --skip-bad-rows"  # the run's data.on_bad_rows cannot be set from `lmtune eval`
     if data:
-        examples, skipped = load_examples(data, saved.data)
+        examples, skipped = load_examples(data, saved.data, hint)
         split = Split("eval", data, examples, skipped)
     else:
-        split = read_validation(saved.data, saved.train.seed)
+        split = read_validation(saved.data, saved.train.seed, hint)
     if split is None:
         raise ConfigError(f"{run_dir}: the run has no validation data; pass --data FILE")
     loaded = load_for_inference(run)
     cfg, model, tokenizer, precision, task = loaded.cfg, loaded.model, loaded.tokenizer, loaded.precision, loaded.task
     dataset, info = tokenize_split(split, cfg.data, cfg.task, tokenizer, task.encode)
-    report = {"data": split.source, "rows": info.rows, **task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)}
+    report = {"data": split.source, "rows": info.rows, **({"skipped": split.skipped} if split.skipped else {}),
+              **task.evaluate(model, dataset, cfg.train.eval_batch_size, precision)}
     pairs = reference_pairs(split) if task.generates else []
     if pairs and max_generations > 0:
         engine = Engine(model, tokenizer, task.renderer, precision)
