@@ -92,6 +92,24 @@ def test_csv_rows_name_their_line(tmp_path):
         load_examples(str(path), load_config(None, CLS).data)
 
 
+def test_a_file_with_other_column_names_is_told_which_it_has_and_not_to_skip(tmp_path):
+    """The first row failing means the file, not a row, is wrong: skipping would drop every row."""
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,sentiment\na fine film,positive\n")
+    with pytest.raises(DataError) as caught:
+        load_examples(str(path), load_config(None, CLS).data)
+    assert str(caught.value) == (f"{path}:2: field 'text' is missing; every row needs a non-empty text (the row has "
+                                 "'review', 'sentiment': set data.columns.text to the one that holds it)")
+    mapped = load_config(None, CLS + ["data.columns={text: review}"]).data
+    with pytest.raises(DataError, match=r"field 'label' is missing \(the row has 'review', 'sentiment': set data.columns.label"):
+        load_examples(str(path), mapped)
+    assert load_examples(str(path), load_config(None, CLS + ["data.columns={text: review, label: sentiment}"]).data)[0]
+
+
+def test_a_bad_row_among_good_ones_offers_skipping(tmp_path):
+    check(tmp_path, CLS, [{"text": "good", "label": 0}, {"label": 1}], r"(?s)d.jsonl:2: .*set data.on_bad_rows: skip")
+
+
 def test_json_list_and_parquet_are_read(tmp_path):
     rows = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}]
     (tmp_path / "d.json").write_text(json.dumps(rows))

@@ -117,6 +117,23 @@ def test_models_and_plain_chat(server):
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_server_of_one_model_answers_requests_that_name_none(server):
+    """curl users leave `model` out; vLLM and llama.cpp's server take the one model they serve."""
+    url, model, _ = server
+    user = [{"role": "user", "content": "hi"}]
+    named = post(f"{url}/chat/completions", json.dumps({"model": model, "messages": user, "max_tokens": 4, "temperature": 0}).encode())
+    unnamed = post(f"{url}/chat/completions", json.dumps({"messages": user, "max_tokens": 4, "temperature": 0}).encode())
+    assert unnamed[0] == 200 and unnamed[1]["model"] == model
+    assert unnamed[1]["choices"][0]["message"] == named[1]["choices"][0]["message"]
+    status, body = post(f"{url}/completions", json.dumps({"prompt": "The film", "max_tokens": 3}).encode())
+    assert status == 200 and body["model"] == model
+    from types import SimpleNamespace
+    from lmtune.infer.serve import name_the_model
+
+    refused = name_the_model(SimpleNamespace(model=None), {"a": None, "b": None})
+    assert refused.status_code == 400 and b"say which of a, b" in refused.body
+
+
 def test_streamed_chat_equals_the_plain_answer(server):
     url, model, _ = server
     c = client(url)
@@ -190,7 +207,7 @@ def test_client_errors_are_4xx_never_500(server):
     user = [{"role": "user", "content": "x"}]
     bad = [
         b"[1, 2, 3]",  # not an object
-        json.dumps({"messages": user}).encode(),  # no model
+        json.dumps({"model": 7, "messages": user}).encode(),  # a model id that is not a string
         json.dumps({"model": model, "messages": "hi"}).encode(),
         json.dumps({"model": model, "messages": user, "max_tokens": -1}).encode(),
         json.dumps({"model": model, "messages": user, "n": 3}).encode(),

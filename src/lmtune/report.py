@@ -68,7 +68,8 @@ def print_runs(summaries: list[dict]) -> None:
         headline = next(iter(s["metrics"].items()), None)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["updated"])) if s["updated"] else ""
         table.add_row(s["name"], s["state"], str(s["step"]), s["task"] or "", s["method"] or "", str(s["model"] or ""),
-                      f"{headline[0]} {_fmt(headline[1])}" if headline else "", _fmt(s["tokens_per_s"] or ""), when)
+                      f"{headline[0]} {_fmt(headline[1])}" if headline else "",
+                      f"{s['tokens_per_s']:,.0f}" if s["tokens_per_s"] else "", when)
     console.print(table)
 
 

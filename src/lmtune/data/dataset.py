@@ -70,14 +70,18 @@ def load_examples(spec: str, cfg: DataConfig, skip_hint: str = SKIP_HINT) -> tup
 def iter_examples(spec: str, cfg: DataConfig, skip_hint: str = SKIP_HINT):
     """Examples one by one; a bad row raises (on_bad_rows: error) or comes as its DataError (skip)."""
     convert = FORMATS.get(cfg.format).convert
+    good = 0
     for loc, row in read_rows(spec, cfg.txt_unit):
         try:
             if isinstance(row, DataError):
                 raise row
             yield convert(row, loc, cfg)
+            good += 1
         except DataError as e:
             if cfg.on_bad_rows == "error":
-                raise DataError(f"{e}\n({skip_hint} to skip bad rows and count them)") from None
+                # Skipping is offered for a bad row among good ones; when the first row fails, the
+                # file itself (a column name, the format) is what to fix, and skipping would drop all.
+                raise DataError(f"{e}\n({skip_hint} to skip bad rows and count them)" if good else str(e)) from None
             yield e
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from lmtune.data.examples import Chat, Document, LabelledText, ScoredText, TaggedWords
 from lmtune.errors import DataError
@@ -57,15 +57,22 @@ def text_field(row: dict[str, Any], loc: str, cfg: DataConfig, field: str, requi
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             what = "missing" if name not in row else "empty"
-            raise DataError(f"{loc}: field {name!r} is {what}; every row needs a non-empty {field} text{_mapping_hint(field, name)}")
+            raise DataError(f"{loc}: field {name!r} is {what}; every row needs a non-empty {field}{column_hint(field, name, row)}")
         return ""
     if not isinstance(value, str):
         raise DataError(f"{loc}: field {name!r} must be a string, got {type(value).__name__}")
     return value
 
 
-def _mapping_hint(field: str, name: str) -> str:
-    return f" (set data.columns.{field} if the file calls it something else)" if field == name else ""
+def column_hint(field: str, name: str, row: Optional[dict] = None) -> str:
+    """How to point lmtune at the file's own name for a field it did not find: the row's fields,
+    when the row lacks it, so that a CSV with `review,sentiment` says which names it has."""
+    if field != name:  # the user already mapped it: the mapping is what to check
+        return ""
+    if row is not None and name not in row and row:
+        fields = ", ".join(repr(k) for k in list(row)[:8]) + (", ..." if len(row) > 8 else "")
+        return f" (the row has {fields}: set data.columns.{field} to the one that holds it)"
+    return f" (set data.columns.{field} if the file calls it something else)"
 
 
 def with_system(messages: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
@@ -91,7 +98,7 @@ def fill_prompt(row: dict[str, Any], loc: str, cfg: DataConfig, text: str) -> st
 @register_format("classification", LabelledText)
 def classification(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     text = text_field(row, loc, cfg, "text")
-    label = parse_label(row.get(column(cfg, "label")), loc, cfg)
+    label = parse_label(row.get(column(cfg, "label")), loc, cfg, row)
     prompt = fill_prompt(row, loc, cfg, text)
     pair = text_field(row, loc, cfg, "text_pair", required=False)
     return LabelledText(text=prompt, pair=pair, label=label, messages=with_system([{"role": "user", "content": prompt}], cfg))
@@ -116,7 +123,7 @@ def number_field(row: dict[str, Any], loc: str, cfg: DataConfig, field: str) -> 
             raise DataError(f"{loc}: field {name!r} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         what = "missing" if value is None else f"not a number ({value!r})"
-        raise DataError(f"{loc}: field {name!r} is {what}{_mapping_hint(field, name)}")
+        raise DataError(f"{loc}: field {name!r} is {what}{column_hint(field, name, row)}")
     return float(value)
 
 
@@ -129,7 +136,7 @@ def tokens(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     for name, value, field in ((words_name, words, "tokens"), (tags_name, tags, "tags")):
         if not isinstance(value, list) or not value:
             what = "missing" if value is None else "empty" if value == [] else f"a {type(value).__name__}"
-            raise DataError(f"{loc}: field {name!r} is {what}; expected a non-empty list{_mapping_hint(field, name)}")
+            raise DataError(f"{loc}: field {name!r} is {what}; expected a non-empty list{column_hint(field, name, row)}")
     if len(words) != len(tags):
         raise DataError(f"{loc}: {len(words)} {words_name} but {len(tags)} {tags_name}; every word needs one tag")
     for i, w in enumerate(words):
@@ -147,11 +154,11 @@ def tokens(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     return TaggedWords(words=words, tags=ids)
 
 
-def parse_label(value: Any, loc: str, cfg: DataConfig) -> int:
+def parse_label(value: Any, loc: str, cfg: DataConfig, row: Optional[dict] = None) -> int:
     name = column(cfg, "label")
     names = cfg.labels or []
     if value is None:
-        raise DataError(f"{loc}: field {name!r} is missing{_mapping_hint('label', name)}")
+        raise DataError(f"{loc}: field {name!r} is missing{column_hint('label', name, row)}")
     if isinstance(value, str):
         if value in names:
             return names.index(value)
@@ -239,7 +246,7 @@ def _turn_list(row: dict[str, Any], loc: str, name: str) -> list:
             pass
     if not isinstance(turns, list) or not turns:
         what = "missing" if turns is None else "empty" if turns == [] else f"a {type(turns).__name__}"
-        raise DataError(f"{loc}: field {name!r} is {what}; expected a list of turns{_mapping_hint('messages', name)}")
+        raise DataError(f"{loc}: field {name!r} is {what}; expected a list of turns{column_hint('messages', name, row)}")
     return turns
 
 

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from lmtune.data.examples import Preference, Prompt, Unpaired
-from lmtune.data.formats import ROLES, _mapping_hint, check_conversation, column, fill_prompt, register_format, with_system
+from lmtune.data.formats import ROLES, column_hint, check_conversation, column, fill_prompt, register_format, with_system
 from lmtune.errors import DataError
 from lmtune.sections import DataConfig
 
@@ -43,7 +43,7 @@ def as_messages(value: Any, loc: str, name: str, role: str) -> list[dict]:
         value = [value]
     if not isinstance(value, list) or not value:
         what = "missing" if value is None else "empty" if value == [] else f"a {type(value).__name__}"
-        raise DataError(f"{loc}: field {name!r} is {what}; expected text or a list of messages{_mapping_hint(name, name)}")
+        raise DataError(f"{loc}: field {name!r} is {what}; expected text or a list of messages{column_hint(name, name)}")
     out = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict) or turn.get("role") not in ROLES:
@@ -79,7 +79,7 @@ def preference(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     for field in ("chosen", "rejected"):
         if row.get(names[field]) is None:
             raise DataError(f"{loc}: field {names[field]!r} is missing; every row needs chosen and rejected"
-                            f"{_mapping_hint(field, names[field])}")
+                            f"{column_hint(field, names[field], row)}")
     chosen = as_messages(row[names["chosen"]], loc, names["chosen"], "assistant")
     rejected = as_messages(row[names["rejected"]], loc, names["rejected"], "assistant")
     if row.get(names["prompt"]) is not None:
@@ -113,7 +113,7 @@ def unpaired(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
     names = {f: column(cfg, f) for f in ("prompt", "completion", "label")}
     for field, name in names.items():
         if row.get(name) is None:
-            raise DataError(f"{loc}: field {name!r} is missing{_mapping_hint(field, name)}")
+            raise DataError(f"{loc}: field {name!r} is missing{column_hint(field, name, row)}")
     prompt = as_messages(row[names["prompt"]], loc, names["prompt"], "user")
     completion = as_messages(row[names["completion"]], loc, names["completion"], "assistant")
     check_answer(completion, loc, names["completion"])
@@ -133,7 +133,7 @@ def prompts(row: dict[str, Any], loc: str, cfg: DataConfig) -> dict:
         prompt = [{"role": "user", "content": fill_prompt(row, loc, cfg, text if isinstance(text, str) else "")}]
         if not prompt[0]["content"].strip():
             raise DataError(f"{loc}: no prompt: the row has no {name!r} field and data.prompt gives an empty text"
-                            f"{_mapping_hint('prompt', name)}")
+                            f"{column_hint('prompt', name)}")
     if prompt[-1]["role"] != "user":
         raise DataError(f"{loc}: the prompt must end with a user turn (the model answers it)")
     check_conversation(prompt + [{"role": "assistant", "content": "."}], loc, name)

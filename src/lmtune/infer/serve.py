@@ -40,7 +40,7 @@ class Sampling(BaseModel):
     (SamplingParams). Both end in one SamplingParams."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str
+    model: Optional[str] = None  # OpenAI requires it; a server of one model takes its absence as that one
     max_tokens: Optional[int] = Field(None, gt=0)
     max_completion_tokens: Optional[int] = Field(None, gt=0)
     temperature: float = Field(1.0, ge=0, le=2)
@@ -62,7 +62,7 @@ class ChatRequest(Sampling):
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # OpenAI's `user` and future fields are accepted
-    model: str
+    model: Optional[str] = None
     input: Union[str, list[str]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = Field(None, gt=0)
@@ -130,8 +130,11 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
     def unknown_model(name: str):
         return error(404, f"The model {name!r} does not exist; GET /v1/models lists them.", code="model_not_found")
 
-    def generator(name: str):
-        """The generation engine of a model id, or the error response to send."""
+    def generator(body):
+        """The generation engine of the request's model, or the error response to send."""
+        if (failed := name_the_model(body, engines)) is not None:
+            return None, failed
+        name = body.model
         engine = engines.get(name)
         if engine is None:
             return None, unknown_model(name)
@@ -141,6 +144,8 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
+        if (failed := name_the_model(body, engines)) is not None:
+            return failed
         embedder = engines.get(body.model)
         if embedder is None:
             return unknown_model(body.model)
@@ -158,7 +163,7 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
-        engine, failed = generator(body.model)
+        engine, failed = generator(body)
         if failed is not None:
             return failed
         messages = [{"role": m.template_role(), "content": m.text()} for m in body.messages]
@@ -184,7 +189,7 @@ def openai_router(engines: dict[str, Engine], api_key: Optional[str] = None):
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        engine, failed = generator(body.model)
+        engine, failed = generator(body)
         if failed is not None:
             return failed
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -246,6 +251,16 @@ def sse_response(engine: Engine, prompt: list[int], params: SamplingParams, even
             cancel.set()
 
     return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def name_the_model(body, engines: dict) -> Optional[Any]:
+    """Fills in a request's missing `model` when one model is served (as vLLM and llama.cpp's server
+    do, for curl users); with several, the request must say which. Returns the error to send, or None."""
+    if body.model is None:
+        if len(engines) != 1:
+            return error(400, f"model: say which of {', '.join(engines)} (GET /v1/models lists them)")
+        body.model = next(iter(engines))
+    return None
 
 
 def build_app(engines: dict[str, Engine], api_key: Optional[str] = None):
