@@ -32,12 +32,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def train(config: Config | str | Path, overrides: Sequence[str] = (), resume: Optional[str] = None,
-          reporters: Optional[list] = None, stop: Optional[StopRequest] = None) -> RunResult:
+          reporters: Optional[list] = None, stop: Optional[StopRequest] = None, splits: Optional[dict] = None) -> RunResult:
     """Train a run. `config`: a Config, or a YAML path with `overrides`. `resume`: "latest" or a
     checkpoint. `reporters`: objects with emit(event) that get every event (default: the console).
-    `stop`: a StopRequest another thread may raise; the run then saves and raises RunInterrupted."""
+    `stop`: a StopRequest another thread may raise; the run then saves and raises RunInterrupted.
+    `splits`: the data as lmtune.data.dataset.read_splits(cfg.data, cfg.train.seed) reads it, when
+    the caller has read it already (the command line does, before this module's imports)."""
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    return _train(cfg, resume=resume, reporters=reporters, stop=stop)
+    return _train(cfg, resume=resume, reporters=reporters, stop=stop, splits=splits)
 
 
 def open_run(path: str | Path) -> RunDir:

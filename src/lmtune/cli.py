@@ -44,6 +44,14 @@ def split_config(args) -> list[str]:
     return overrides
 
 
+def light_config(path, overrides):
+    """The config, read before lmtune.api loads transformers, peft and the Trainer (~6 s): a typo
+    in a key is reported in a second or two."""
+    from lmtune.config import load_config
+
+    return load_config(path, overrides)
+
+
 def cmd_train(args) -> None:
     overrides = split_config(args)
     given = len(overrides)
@@ -52,11 +60,14 @@ def cmd_train(args) -> None:
         args.resume = "latest"
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    cfg = api.load_config(args.config, overrides)
+    from lmtune.data.dataset import read_splits
+
+    cfg = light_config(args.config, overrides)
+    splits = read_splits(cfg.data, cfg.train.seed)  # every row checked, before the training stack loads
     stop = api.StopRequest()
     try:
         with stop_on_signals(stop):
-            api.train(cfg, resume=args.resume, stop=stop)
+            api.train(cfg, resume=args.resume, stop=stop, splits=splits)
     except api.RunInterrupted as e:
         # The same command, to which --resume is added.
         command = shlex.join(["lmtune", "train", *([args.config] if args.config else []), "--output-dir", cfg.output.dir,
@@ -118,7 +129,8 @@ def cmd_plan(args) -> None:
                       ("max_length", "data.max_length")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    api.plan(args.config, overrides, compare=args.compare, throughput=args.throughput)
+    cfg = light_config(args.config, overrides)  # before `api.` loads the training stack
+    api.plan(cfg, compare=args.compare, throughput=args.throughput)
 
 
 def cmd_plot(args) -> None:
@@ -130,7 +142,8 @@ def cmd_plot(args) -> None:
 
 def cmd_data(args) -> None:
     overrides = split_config(args)
-    api.preview_data(args.config, overrides, rows=args.rows)
+    cfg = light_config(args.config, overrides)  # before `api.` loads the training stack
+    api.preview_data(cfg, rows=args.rows)
 
 
 def cmd_config(args) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from lmtune import hardware
 from lmtune.config import Config, config_to_yaml
+from lmtune.data.dataset import Split
 from lmtune.errors import ConfigError, LmtuneError
 from lmtune.eval.bench import bench_saved_run, check_bench_tasks
 from lmtune.model.precision import resolve_precision
@@ -113,14 +114,15 @@ def changed_settings(before: dict, cfg: Config, where: Path) -> list[str]:
 
 
 def train(cfg: Config, resume: Optional[str] = None, reporters: Optional[list] = None,
-          stop: Optional[StopRequest] = None) -> RunResult:
+          stop: Optional[StopRequest] = None, splits: Optional[dict[str, Split]] = None) -> RunResult:
     """Run one training job and return its metrics and the trained model. `resume`: "latest" or a
     checkpoint path. `reporters`: where events go besides RUN_DIR/events.jsonl (default: the
     console). `stop`: ask it to stop from another thread (or a signal handler); the run then saves
-    a checkpoint and raises RunInterrupted."""
+    a checkpoint and raises RunInterrupted. `splits`: the config's data as read_data reads it,
+    when the caller has read it already."""
     check_trackers(cfg)
     main = is_main_process()
-    splits = read_data(cfg)  # every row is checked before the run directory is made
+    splits = splits if splits is not None else read_data(cfg)  # every row is checked before the run directory is made
     checkpoint, changed = None, []
     if resume is None:
         run = RunDir.create(cfg.output.dir, cfg.output.overwrite) if main else RunDir(cfg.output.dir)
