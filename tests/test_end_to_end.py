@@ -37,8 +37,9 @@ def test_train_eval_generate_through_the_cli(tmp_path, request, capsys, family, 
     assert [l["step"] for l in logs if "loss" in l] == [1, 2, 3, 4]
     assert (out / ("adapter" if method == "lora" else "model")).is_dir()
     assert load_config(out / "config.yaml").method.name == method
+    err = capsys.readouterr().err  # lmtune's bar: loss, lr and tokens/s beside it, not the Trainer's dict per log
+    assert "loss=" in err and "tok_s=" in err and "{'loss'" not in err
 
-    capsys.readouterr()
     assert cli("eval", out, "--output", tmp_path / "eval.json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "eval.json").read_text())

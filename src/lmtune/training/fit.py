@@ -46,7 +46,7 @@ def build_callbacks(prep: Prepared, run: RunDir, reporter: Reporters, stop: Stop
 
 def fit(prep: Prepared, run: RunDir, args, reporter: Reporters, stop: StopRequest, checkpoint: Optional[Path],
         main: bool, checkpoint_files: dict[str, str]) -> Fitted:
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from lmtune.training.trainer import LmtuneTrainer
 
@@ -66,7 +66,11 @@ def fit(prep: Prepared, run: RunDir, args, reporter: Reporters, stop: StopReques
         on_nan=cfg.train.on_nan,
         checkpoint_files=checkpoint_files,
     )
-    trainer.remove_callback(ProgressCallback)  # the console reporter brings its own bar (or none)
+    for callback in list(trainer.callback_handler.callbacks):
+        # The Trainer's own bar, which prints a dict per log: the console reporter brings its own
+        # (a subclass, added before it, so remove_callback(ProgressCallback) would take ours).
+        if type(callback) in (ProgressCallback, PrinterCallback):
+            trainer.remove_callback(callback)
     # A resumed run's token counter includes the tokens before the checkpoint; its runtime does not.
     # (Read now: checkpoint rotation may delete the checkpoint during the run.)
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if checkpoint else 0
