@@ -32,7 +32,17 @@ def events(out) -> list[dict]:
 
 def test_a_run_reports_its_events_in_order(tmp_path, tiny_llama):
     out = tmp_path / "run"
-    train(config(tiny_llama, out, "train.max_steps=4", "train.save_steps=2"), reporters=[])
+
+    class StatusWatcher:  # what `lmtune runs` reads while the run goes on
+        statuses = []
+
+        def emit(self, event):
+            if event["event"] == "step":
+                status = RunDir(out).status()
+                self.statuses.append((status.state, status.step))
+
+    train(config(tiny_llama, out, "train.max_steps=4", "train.save_steps=2"), reporters=[StatusWatcher()])
+    assert StatusWatcher.statuses == [("running", 1), ("running", 2), ("running", 3), ("running", 4)]
     seen = events(out)
     kinds = [e["event"] for e in seen]
     assert kinds[:2] == ["started", "data"] and kinds[-1] == "finished"

@@ -25,7 +25,7 @@ from typing import Protocol
 from transformers import TrainerCallback
 
 from lmtune import report
-from lmtune.run_dir import RunDir
+from lmtune.run_dir import RUNNING, RunDir
 
 
 class Reporter(Protocol):
@@ -52,13 +52,17 @@ class Reporters:
 
 
 class EventLog:
-    """Every event, one JSON line each, appended to RUN_DIR/events.jsonl and flushed at once."""
+    """Every event, one JSON line each, appended to RUN_DIR/events.jsonl and flushed at once; a
+    logged step also moves status.json's step, so `lmtune runs` shows where a running run is (and
+    where a failed one stopped) rather than the step it started from."""
 
     def __init__(self, run: RunDir):
         self.run = run
 
     def emit(self, event: dict) -> None:
         self.run.append_event(event)
+        if event["event"] == "step":
+            self.run.set_status(RUNNING, step=event["step"])
 
 
 class ConsoleReporter:
