@@ -153,6 +153,20 @@ def test_a_stop_request_from_another_thread_saves_and_stops(tmp_path, tiny_llama
     assert RunDir(out).status().state == INTERRUPTED
     last = events(out)[-1]
     assert last["event"] == "interrupted" and last["reason"] == "the web UI" and last["step"] == step
+    with pytest.raises(ConfigError, match=rf"stopped at step {step}, before its final weights; finish it with: "
+                                          rf"lmtune train {out}/config.yaml --output-dir {out} --resume"):
+        RunDir(out).check_weights()  # what `lmtune eval` and `generate` say of it
+
+
+def test_a_run_without_weights_says_why(tmp_path):
+    run = RunDir.create(tmp_path / "run", overwrite=False)
+    run.write_config(load_config(None))
+    run.set_status(RUNNING, step=3)  # this process: alive
+    with pytest.raises(ConfigError, match=r"still training \(step 3\); its weights are saved when it ends"):
+        run.check_weights()
+    run.set_status(FAILED, step=5, error="out of memory\ntraceback ...")
+    with pytest.raises(ConfigError, match=r"failed at step 5 \(out of memory\), before saving weights$"):
+        run.check_weights()
 
 
 def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):

@@ -53,6 +53,8 @@ def light_config(path, overrides):
 
 
 def cmd_train(args) -> None:
+    from lmtune.data.dataset import read_splits
+
     overrides = split_config(args)
     given = len(overrides)
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
@@ -60,8 +62,6 @@ def cmd_train(args) -> None:
         args.resume = "latest"
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    from lmtune.data.dataset import read_splits
-
     cfg = light_config(args.config, overrides)
     splits = read_splits(cfg.data, cfg.train.seed)  # every row checked, before the training stack loads
     stop = api.StopRequest()

@@ -104,10 +104,7 @@ def load_for_inference(run_or_model: str | Path | RunDir, quantized: bool = True
 def _load_run(run: RunDir, quantized: bool, dtype: Optional[torch.dtype]) -> Loaded:
     cfg = run.config()
     precision = resolve_precision(cfg.train.precision)
-    saved = run.weights_dir()
-    if saved is None:
-        raise ConfigError(f"{run.path}: no saved adapter or model; did the training run finish?")
-    run.check_weights(saved)
+    saved = run.check_weights()
     tokenizer = load_tokenizer(str(saved), cfg.model)
     task = make_task(cfg, tokenizer)
     spec = type(task).spec(cfg)

@@ -303,11 +303,25 @@ class RunDir:
         """The saved weights, checked before anything loads them: the config file beside them and
         every safetensors file whole. The first problem is one line saying what to do."""
         saved = saved or self.weights_dir()
+        resume = f"lmtune train {self.config_file} --output-dir {self.path} --resume"
         if saved is None:
-            raise ConfigError(f"{self.path}: no saved adapter or model; did the training run finish?")
-        check_weights_dir(saved, f"re-run the training, or resume it from a checkpoint: lmtune train "
-                                 f"{self.config_file} --output-dir {self.path} --resume")
+            raise ConfigError(self._no_weights(resume))
+        check_weights_dir(saved, f"re-run the training, or resume it from a checkpoint: {resume}")
         return saved
+
+    def _no_weights(self, resume: str) -> str:
+        """Why a run has no weights to load, from its status, and what to do."""
+        status = self.status()
+        has_checkpoint = self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
+        if self.is_alive():
+            return f"{self.path}: still training (step {status.step}); its weights are saved when it ends"
+        if status.state == INTERRUPTED and has_checkpoint:
+            return f"{self.path}: stopped at step {status.step}, before its final weights; finish it with: {resume}"
+        if status.state == FAILED:
+            error = status.error.splitlines()[0][:160] if status.error else "no error recorded"
+            return (f"{self.path}: failed at step {status.step} ({error}), before saving weights"
+                    + (f"; continue from its last checkpoint with: {resume}" if has_checkpoint else ""))
+        return f"{self.path}: no saved adapter or model; did the training run finish?"
 
     def write_file(self, name: str, write: Callable[[Path], None]) -> Path:
         """A file a task or a command adds (a picture, a report), written through `write(path)`."""

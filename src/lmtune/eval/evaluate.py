@@ -19,6 +19,7 @@ from lmtune.run_dir import RunDir
 def evaluate_run(run_dir: str | Path | RunDir, data: Optional[str] = None, generations: Optional[str] = None,
                  max_generations: int = 50, max_new_tokens: int = 256, skip_bad_rows: bool = False) -> dict:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    run.check_weights()  # a run without weights (stopped, failed, still training) says so before its data is read
     # The data is read and checked before the model is loaded: a bad row fails at once.
     saved = run.config()
     if skip_bad_rows:
