@@ -209,7 +209,8 @@ def test_lmtune_config_lists_every_key_from_the_typed_sections(capsys):
 
 def test_the_command_line_answers_help_runs_and_config_without_the_training_stack(tmp_path):
     """`lmtune --help` imports no torch, `lmtune runs` and `lmtune config` no transformers or peft,
-    nor does `lmtune train` that stops at a bad row or `lmtune plan` at a mistyped key: the seconds those take are paid by the
+    nor does `lmtune train` that stops at a bad row, `lmtune plan` at a mistyped key or `lmtune eval` at
+    a path that is not a run: the seconds those take are paid by the
     commands that load a model."""
     import subprocess
     import sys
@@ -223,8 +224,9 @@ def test_the_command_line_answers_help_runs_and_config_without_the_training_stac
     loaded = {args[0]: subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True).stdout.strip()
               for args in (["--help"], ["runs", str(tmp_path)], ["config", "train"],
                            ["train", f"data.train={bad}", "data.format=classification", "data.labels=[no, yes]",
-                            "task.name=label_tokens", f"output.dir={tmp_path / 'run'}"], ["plan", "train.batch_sizee=3"])}
+                            "task.name=label_tokens", f"output.dir={tmp_path / 'run'}"], ["plan", "train.batch_sizee=3"],
+                           ["eval", str(tmp_path / "no-such-run")])}
     # a bad row is reported before the training stack loads, and no run directory is made
     assert loaded == {"--help": "[]", "runs": "['torch']", "config": "['torch']", "train": "['torch']",
-                      "plan": "['torch']"}
+                      "plan": "['torch']", "eval": "['torch']"}
     assert not (tmp_path / "run").exists()

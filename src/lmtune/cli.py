@@ -52,6 +52,15 @@ def light_config(path, overrides):
     return load_config(path, overrides)
 
 
+def checked_runs(*paths) -> None:
+    """Run directories and their weights, checked before lmtune.api loads the training stack: a
+    mistyped path or an unfinished run is reported in a second or two."""
+    from lmtune.run_dir import RunDir
+
+    for path in paths:
+        RunDir.open(path).check_weights()
+
+
 def cmd_train(args) -> None:
     from lmtune.data.dataset import read_splits
 
@@ -161,6 +170,7 @@ def cmd_runs(args) -> None:
 
 def cmd_eval(args) -> None:
     refuse_existing(args.output, args.generations)
+    checked_runs(args.run_dir)
     report = api.evaluate(args.run_dir, args.data, args.generations, args.max_generations, args.max_new_tokens,
                           args.skip_bad_rows)
     text = json.dumps(report, indent=2)
@@ -184,6 +194,7 @@ def cmd_bench(args) -> None:
 
 def cmd_embed(args) -> None:
     refuse_existing(args.output)
+    checked_runs(args.run_dir)
     rows, dim = api.embed_file(args.run_dir, args.input, args.output, args.batch_size)
     print(f"lmtune: {rows} embeddings of {dim} dimensions written to {args.output}")
 
@@ -199,6 +210,7 @@ def cmd_generate(args) -> None:
     if args.input and not args.output:
         raise ConfigError("--input needs --output answers.jsonl")
     refuse_existing(args.output)
+    checked_runs(args.run_dir)
     if args.input:
         count = api.generate_file(args.run_dir, args.input, args.output, args.system, args.batch_size, **sampling(args))
         print(f"lmtune: {count} answers written to {args.output}")
@@ -207,6 +219,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    checked_runs(args.run_dir)
     api.chat(args.run_dir, args.system, **sampling(args))
 
 
@@ -215,6 +228,7 @@ def cmd_serve(args) -> None:
 
     if not args.run_dirs and not args.base:
         raise ConfigError("give one or more run directories, or --base MODEL")
+    checked_runs(*args.run_dirs)
     app = api.serve_app(args.run_dirs, args.base, args.api_key)
     print(f"lmtune: serving {', '.join(app.state.models)} on http://{args.host}:{args.port}/v1"
           + (" (API key required)" if args.api_key else ""), flush=True)
@@ -242,6 +256,7 @@ def add_sampling_options(p) -> None:
 
 
 def cmd_merge(args) -> None:
+    checked_runs(args.run_dir)
     report = api.merge(args.run_dir, args.out_dir, args.dtype)
     print(f"lmtune: merged {report['method']} adapter written to {report['out']} ({report['dtype']}); "
           f"max |logit difference| to the adapter model: {report['max_abs_logit_diff']:.2e}")
