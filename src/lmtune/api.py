@@ -36,8 +36,8 @@ def train(config: Config | str | Path, overrides: Sequence[str] = (), resume: Op
     """Train a run. `config`: a Config, or a YAML path with `overrides`. `resume`: "latest" or a
     checkpoint. `reporters`: objects with emit(event) that get every event (default: the console).
     `stop`: a StopRequest another thread may raise; the run then saves and raises RunInterrupted.
-    `splits`: the data as lmtune.data.dataset.read_splits(cfg.data, cfg.train.seed) reads it, when
-    the caller has read it already (the command line does, before this module's imports)."""
+    `splits`: the data as lmtune.data.dataset.read_data(cfg) reads it, when the caller has read it
+    already (the command line does, before this module's imports)."""
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     return _train(cfg, resume=resume, reporters=reporters, stop=stop, splits=splits)
 

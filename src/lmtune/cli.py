@@ -62,7 +62,7 @@ def checked_runs(*paths) -> None:
 
 
 def cmd_train(args) -> None:
-    from lmtune.data.dataset import read_splits
+    from lmtune.data.dataset import read_data
 
     overrides = split_config(args)
     given = len(overrides)
@@ -72,7 +72,7 @@ def cmd_train(args) -> None:
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
     cfg = light_config(args.config, overrides)
-    splits = read_splits(cfg.data, cfg.train.seed)  # every row checked, before the training stack loads
+    splits = read_data(cfg)  # every row checked, before the training stack loads
     stop = api.StopRequest()
     try:
         with stop_on_signals(stop):

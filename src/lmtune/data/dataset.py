@@ -149,6 +149,13 @@ def read_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
     return splits
 
 
+def read_data(cfg) -> dict[str, Split]:
+    """A run's splits (`cfg`: its whole Config: the data section, drawn with train.seed), every row
+    read and checked, before any model is loaded. Torch-free, so the command line calls it before
+    the training stack loads."""
+    return read_splits(cfg.data, cfg.train.seed)
+
+
 def read_validation(cfg: DataConfig, seed: int, skip_hint: str = SKIP_HINT) -> Optional[Split]:
     """The validation split alone (for evaluation): its own file is read without reading train;
     a split carved by val_size needs train. None when the config has no validation data."""

@@ -146,7 +146,8 @@ def data_stats(cfg: Config, tokenizer, model_config=None, device_type: str = "cp
     from lmtune.data.tokenize import count_targets
     from lmtune.loading import make_task
     from lmtune.plan.batching import padded_length
-    from lmtune.training.prepare import read_data, tokenize_splits
+    from lmtune.data.dataset import read_data
+    from lmtune.training.prepare import tokenize_splits
 
     splits = {"train": read_data(cfg)["train"]}  # as `lmtune train` reads and tokenises it
     task = make_task(cfg, tokenizer)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from lmtune.config import Config
-from lmtune.data.dataset import Split, SplitInfo, read_splits, stream_split, tokenize_split
+from lmtune.data.dataset import Split, SplitInfo, read_data, stream_split, tokenize_split
 from lmtune.data.tokenize import TRUNCATED
 from lmtune.loading import attach_reference, load_for_training
 from lmtune.methods import METHODS, AddedModules, Method, trainable_summary
@@ -38,11 +38,6 @@ class Prepared:
         if self.method.quantization:
             return "4-bit"
         return str(weights_dtype(self.cfg.model.dtype, self.precision, self.method.freezes_base)).removeprefix("torch.")
-
-
-def read_data(cfg: Config) -> dict[str, Split]:
-    """Every row of every split read and checked, before any model is loaded."""
-    return read_splits(cfg.data, cfg.train.seed)
 
 
 def tokenize_splits(cfg: Config, splits: dict[str, Split], tokenizer, task) -> dict:

@@ -23,7 +23,7 @@ import torch
 
 from lmtune import hardware
 from lmtune.config import Config, config_to_yaml
-from lmtune.data.dataset import Split
+from lmtune.data.dataset import Split, read_data
 from lmtune.errors import ConfigError, LmtuneError
 from lmtune.eval.bench import bench_saved_run, check_bench_tasks
 from lmtune.model.precision import resolve_precision
@@ -35,7 +35,7 @@ from lmtune.training.checkpoint import CHECKPOINT_CONFIG, checkpoint_step, clear
 from lmtune.training.fit import Fitted, fit
 from lmtune.training.interrupt import RunInterrupted, StopRequest
 from lmtune.training.learned import not_learned
-from lmtune.training.prepare import Prepared, prepare, read_data
+from lmtune.training.prepare import Prepared, prepare
 from lmtune.training.reporters import ConsoleReporter, EventLog, Reporters
 
 # Settings a checkpoint cannot be resumed under: it would continue another run's weights.
